@@ -1,0 +1,122 @@
+"""The ``canonc`` command: a thin layer over the library API.
+
+Exit codes: 0 ok, 2 bad input or usage, 3 refused or verification failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .codegen import atomic_write, emit_dir, save_module
+from .core import STRATEGIES, canonize
+from .errors import CanoncError, InputError, VerificationError
+from .load import load, parse_shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``canonc MODEL -o OUT``."""
+    p = argparse.ArgumentParser(
+        prog="canonc",
+        description="Rewrite a PyTorch model into canonical form for XAI and prove it computes the same function.",
+    )
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, models:NAME, file.py:factory, or a .pt/.pth/.safetensors file")
+    p.add_argument("-o", "--output", help="where to write the canonized model (.pt: torch.save)")
+    p.add_argument("--emit-dir", help="also write readable model.py + weights.safetensors into this directory")
+    p.add_argument("--report", help="write the report as JSON to this path")
+    p.add_argument("--arch", help="architecture source for a state-dict file, e.g. torchvision:resnet50")
+    p.add_argument("--weights", help="state-dict file to load into a torchvision:/timm: architecture")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the source's own)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full model (runs code from the file)")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="what to do with BN that cannot merge left")
+    p.add_argument("--leaf", action="append", default=[], help="qualified module name to keep opaque when tracing")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    return p
+
+
+def _inputs_of(args: argparse.Namespace) -> list[Path]:
+    files = [Path(a) for a in (args.model, args.weights) if a and Path(a).exists()]
+    if ":" in args.model and not Path(args.model).exists():
+        files.append(Path(args.model.partition(":")[0]))
+    return [f.resolve() for f in files if f.exists()]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    if not args.output and not args.emit_dir:
+        raise InputError("no output given; pass -o canon.pt (and/or --emit-dir DIR)")
+    inputs = _inputs_of(args)
+    for out in (args.output, args.report):
+        if out and Path(out).resolve() in inputs:
+            raise InputError(f"output path {out} is an input file; canonc never overwrites its input, choose another path")
+    if args.output and Path(args.output).suffix not in (".pt", ".pth"):
+        raise InputError(f"-o {args.output}: unsupported output type; use a .pt or .pth path (or --emit-dir)")
+
+
+def run_canonize(args: argparse.Namespace) -> int:
+    """Load, canonize, verify, write; return the exit code."""
+    _check_outputs(args)
+    loaded = load(args.model, arch=args.arch, weights=args.weights, trust_pickle=args.trust_pickle)
+    shape = parse_shape(args.input_shape) if args.input_shape else loaded.input_shape
+    if shape is None:
+        raise InputError(f"cannot tell the input shape of {loaded.name}; pass --input-shape N,C,H,W")
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    try:
+        result = canonize(loaded.model, example, strategy=args.strategy, leaves=args.leaf, name=loaded.name)
+    except VerificationError as exc:
+        if args.report and exc.report is not None:
+            text = exc.report.to_json()
+            atomic_write(Path(args.report), lambda p: p.write_text(text))
+        raise
+    if args.emit_dir:
+        emit_dir(result.module, Path(args.emit_dir), (example,), loaded.name)
+    if args.output:
+        save_module(result.module, Path(args.output))
+    if args.report:
+        atomic_write(Path(args.report), lambda p: p.write_text(result.report.to_json()))
+    if not args.quiet:
+        print(result.report.summary())
+        for path in (args.output, args.emit_dir, args.report):
+            if path:
+                print(f"  wrote         {path}")
+    return 0
+
+
+# Subcommands: name → (parser builder, runner). ``canonc NAME ...`` dispatches here;
+# anything else is the default ``canonc MODEL -o OUT`` command.
+SUBCOMMANDS: dict[str, tuple] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``canonc`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    build, runner = (build_parser, run_canonize)
+    if argv and argv[0] in SUBCOMMANDS:
+        build, runner = SUBCOMMANDS[argv[0]]
+        argv = argv[1:]
+    parser = build()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    try:
+        return runner(args)
+    except CanoncError as exc:
+        print(f"canonc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("canonc: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback for the user
+        if os.environ.get("CANONC_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"canonc: internal error: {type(exc).__name__}: {first} (set CANONC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

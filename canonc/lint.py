@@ -1,0 +1,107 @@
+"""Canonicality lint: everything in a graph that is not in canonical form, with a reason."""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+
+import networkx as nx
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from .graph import BN_TYPES, data_users, get_module, is_call, linear_base, shape_of
+from .passes.base import PassContext
+
+_COMBINE = {
+    operator.add: "add", operator.iadd: "add", torch.add: "add",
+    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub",
+    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+    operator.truediv: "div", torch.div: "div",
+    operator.matmul: "matmul", torch.matmul: "matmul", torch.bmm: "bmm", torch.einsum: "einsum",
+    torch.cat: "cat", torch.concat: "cat", torch.mean: "mean", torch.sum: "sum",
+}
+_METHODS = {"add": "add", "add_": "add", "sub": "sub", "mul": "mul", "mul_": "mul", "div": "div",
+            "matmul": "matmul", "bmm": "bmm", "mean": "mean", "sum": "sum"}
+_FUNCTIONAL_LAYERS = {F.batch_norm: "batch_norm", F.layer_norm: "layer_norm", F.conv1d: "conv1d",
+                      F.conv2d: "conv2d", F.conv3d: "conv3d", F.linear: "linear", F.softmax: "softmax",
+                      F.gelu: "gelu", F.silu: "silu", F.relu: "relu", torch.softmax: "softmax"}
+_VIEWS = ("flatten", "reshape", "view", "permute", "transpose", "contiguous")
+
+
+def _is_data(arg: object) -> bool:
+    return isinstance(arg, fx.Node) and arg.op != "get_attr" and shape_of(arg) is not None
+
+
+def _combine_items(node: fx.Node) -> list[dict[str, str]]:
+    name = None
+    if node.op == "call_function":
+        try:
+            name = _COMBINE.get(node.target) or _FUNCTIONAL_LAYERS.get(node.target)
+        except TypeError:
+            name = None
+    elif node.op == "call_method":
+        name = _METHODS.get(node.target)
+    if name is None or not _is_data(node):
+        return []
+    flat = [a for a in node.args if isinstance(a, (list, tuple))]
+    operands = [a for a in node.args if not isinstance(a, (list, tuple))] + [x for f in flat for x in f]
+    n_data = sum(_is_data(a) for a in operands)
+    if node.target in _FUNCTIONAL_LAYERS:
+        return [{"kind": "functional-layer", "node": node.name, "reason": f"functional {name} is not a module; XAI rules cannot attach"}]
+    if n_data >= 2:
+        return [{"kind": "functional-combine", "node": node.name, "reason": f"{name} of data tensors is not a module"}]
+    if name in ("add", "sub", "mul", "div") and n_data == 1:
+        return [{"kind": "constant-affine", "node": node.name, "reason": f"{name} by a constant (per-channel affine not folded)"}]
+    if name in ("mean", "sum"):
+        return [{"kind": "functional-combine", "node": node.name, "reason": f"{name} reduction is not a module"}]
+    return []
+
+
+def _adjacent_linear(gm: fx.GraphModule) -> list[dict[str, str]]:
+    """Linear layers feeding another linear layer with only views between (a linear chain)."""
+    g = nx.DiGraph()
+    for node in gm.graph.nodes:
+        for user in data_users(node):
+            g.add_edge(node, user)
+    items = []
+    for node in g.nodes:
+        m = get_module(gm, node)
+        if m is None or linear_base(m) is None:
+            continue
+        cur = node
+        while True:
+            succ = list(g.successors(cur))
+            if len(succ) != 1:
+                break
+            cur = succ[0]
+            if cur.op == "call_method" and cur.target in _VIEWS or is_call(cur, {torch.flatten}):
+                continue
+            nxt = get_module(gm, cur)
+            if nxt is not None and linear_base(nxt) is not None:
+                items.append({"kind": "linear-chain", "node": cur.name,
+                              "reason": f"{node.target} feeds {cur.target} with nothing nonlinear between"})
+            break
+    return items
+
+
+def lint(gm: fx.GraphModule, ctx: PassContext | None = None) -> list[dict[str, str]]:
+    """List what is not canonical in ``gm``, each as ``{kind, node, reason}``."""
+    items: list[dict[str, str]] = []
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    for node in gm.graph.nodes:
+        m = get_module(gm, node)
+        if m is not None and isinstance(m, BN_TYPES):
+            why = (ctx.reason_for(node.name) if ctx else "") or "not merged"
+            items.append({"kind": "batchnorm-left", "node": node.name, "reason": why})
+        if m is not None and calls[node.target] > 1:
+            items.append({"kind": "shared-module", "node": node.name,
+                          "reason": f"{node.target} is called {calls[node.target]} times"})
+        items.extend(_combine_items(node))
+    items.extend(_adjacent_linear(gm))
+    return items
+
+
+def count_bn(module: torch.nn.Module) -> int:
+    """Number of BatchNorm modules in ``module``."""
+    return sum(isinstance(m, BN_TYPES) for m in module.modules())

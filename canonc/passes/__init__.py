@@ -1,0 +1,46 @@
+"""The rewrite passes, run in order to a fixed point.
+
+Each pass is ``run(gm, ctx)``: it rewrites the graph in place (never the modules it
+found: changed modules are new objects) and logs every rewrite and refusal in ``ctx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import fx
+
+from . import drop_identity, lift_functional, merge_left, modularize, no_inplace, split_norm_act, unshare
+from .base import LogEntry, PassContext
+
+Pass = Callable[[fx.GraphModule, PassContext], None]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("split-norm-act", split_norm_act.run),
+    ("drop-identity", drop_identity.run),
+    ("lift-functional", lift_functional.run),
+    ("unshare", unshare.run),
+    ("no-inplace", no_inplace.run),
+    ("merge-left", merge_left.run),
+    ("modularize", modularize.run),
+]
+
+MAX_ROUNDS = 8
+
+
+def run_pipeline(gm: fx.GraphModule, ctx: PassContext, passes: list[tuple[str, Pass]] | None = None) -> None:
+    """Run ``passes`` (default: the whole pipeline) until none rewrites anything."""
+    from ..graph import erase_unused
+
+    for _ in range(MAX_ROUNDS):
+        before = len(ctx.rewrites)
+        for name, fn in passes or PIPELINE:
+            ctx.current_pass = name
+            fn(gm, ctx)
+            gm.graph.lint()
+        if len(ctx.rewrites) == before:
+            break
+    erase_unused(gm)
+
+
+__all__ = ["PIPELINE", "LogEntry", "PassContext", "run_pipeline"]

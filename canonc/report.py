@@ -1,0 +1,87 @@
+"""The report of one canonization: a JSON-ready record and a human summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Report:
+    """Everything canonc did and measured for one model (keys of the JSON report)."""
+
+    model: str
+    input_shape: list[list[int]]
+    strategy: str
+    verified: bool = False
+    max_abs_error_fp64: float | None = None
+    max_rel_error_fp64: float | None = None
+    max_abs_error_fp32: float | None = None
+    reference_fp32_error: float | None = None
+    tolerance_fp64: float | None = None
+    bn_before: int = 0
+    bn_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    rewrites: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    lint: list[dict[str, str]] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    check_inputs: list[list[list[int]]] = field(default_factory=list)
+    failure: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report as a plain dict."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The JSON report as text."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def rule_counts(self) -> dict[str, int]:
+        """Number of rewrites per rule."""
+        counts: dict[str, int] = {}
+        for r in self.rewrites:
+            counts[r["rule"]] = counts.get(r["rule"], 0) + 1
+        return counts
+
+    def summary(self) -> str:
+        """A short human-readable summary (a few lines)."""
+        status = "VERIFIED" if self.verified else ("FAILED: " + self.failure if self.failure else "not verified")
+        lines = [
+            f"canonc: {self.model}  input {self.input_shape}  strategy={self.strategy}",
+            f"  status        {status}",
+        ]
+        if self.max_abs_error_fp64 is not None:
+            lines.append(
+                f"  fp64 error    max abs {self.max_abs_error_fp64:.3g}  max rel {self.max_rel_error_fp64:.3g}"
+                f"  (tolerance {self.tolerance_fp64:.3g})"
+            )
+        if self.max_abs_error_fp32 is not None:
+            lines.append(
+                f"  fp32 artifact max abs {self.max_abs_error_fp32:.3g} vs fp64 original"
+                f"  (original's own fp32 error {self.reference_fp32_error:.3g})"
+            )
+        lines.append(f"  BatchNorm     {self.bn_before} → {self.bn_after}")
+        lines.append(f"  parameters    {self.params_before:,} → {self.params_after:,}")
+        rules = ", ".join(f"{k} ×{v}" for k, v in sorted(self.rule_counts().items())) or "none"
+        lines.append(f"  rewrites      {rules}")
+        if self.lint:
+            kinds: dict[str, int] = {}
+            for item in self.lint:
+                kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+            lines.append("  not canonical " + ", ".join(f"{k} ×{v}" for k, v in sorted(kinds.items())))
+            for item in self.lint[:8]:
+                lines.append(f"    - {item['node']}: {item['reason']}")
+            if len(self.lint) > 8:
+                lines.append(f"    ... {len(self.lint) - 8} more in the JSON report")
+        else:
+            lines.append("  lint          canonical (nothing left)")
+        for w in self.warnings:
+            lines.append(f"  warning       {w}")
+        total = sum(self.timings_s.values())
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings_s.items())
+        lines.append(f"  time          {total:.2f}s ({stages})")
+        return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Capture a model as a ``torch.fx`` graph in eval mode.
+
+``CanonTracer`` keeps torch.nn layers (and canonc's own modules) as leaves and traces
+through everything else, so adjacency comes from the real dataflow, not from the
+order in which modules were registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from torch import fx, nn
+
+from . import nn as cnn
+from .errors import RefusedError
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _timm_leaves(model: nn.Module) -> tuple[set[type], list]:
+    """timm's no-trace module types and autowrap functions (empty for non-timm models)."""
+    if not any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        return set(), []
+    try:
+        layers = importlib.import_module("timm.layers")
+    except ImportError:
+        return set(), []
+    return set(layers.get_notrace_modules()), list(layers.get_notrace_functions())
+
+
+def is_norm_act(module: nn.Module) -> bool:
+    """True for a BatchNorm subclass that also applies an activation (timm ``BatchNormAct2d``)."""
+    return (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and type(module).__module__.split(".")[0] != "torch"
+        and hasattr(module, "act")
+    )
+
+
+class CanonTracer(fx.Tracer):
+    """fx tracer with canonc's leaf policy.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to be traced (its module types decide whether timm's lists apply).
+    leaves : iterable of str
+        Qualified module names the user wants kept as opaque leaves.
+    """
+
+    def __init__(self, model: nn.Module, leaves: Iterable[str] = ()) -> None:
+        timm_types, timm_fns = _timm_leaves(model)
+        super().__init__(autowrap_functions=tuple(timm_fns))
+        self.user_leaves = set(leaves)
+        self.timm_types = tuple(timm_types)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.user_leaves:
+            return True
+        if isinstance(m, cnn.CANONICAL_MODULES) or is_norm_act(m):
+            return True
+        if self.timm_types and isinstance(m, self.timm_types):
+            return True
+        if isinstance(m, _CONTAINERS):
+            return False
+        return type(m).__module__.startswith("torch.nn")
+
+
+def _set_eval(model: nn.Module) -> bool:
+    """Put ``model`` (a private copy) in eval mode; return whether any part was training."""
+    was_training = any(m.training for m in model.modules())
+    model.eval()
+    return was_training
+
+
+def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
+    """Trace ``model`` (already a private copy) into a GraphModule in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The module to trace; it is put in eval mode.
+    leaves : iterable of str
+        Extra qualified names to keep as leaves.
+
+    Returns
+    -------
+    fx.GraphModule
+        Graph sharing submodules with ``model``.
+
+    Raises
+    ------
+    RefusedError
+        When the model does not trace; the message names the module where tracing
+        stopped and how to mark it as a leaf.
+    """
+    _set_eval(model)
+    tracer = CanonTracer(model, leaves)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one clear line
+        where = _failing_module(tracer)
+        hint = f" in module '{where}'; mark it opaque with --leaf {where}" if where else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RefusedError(f"model does not trace with torch.fx{hint} ({first})") from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _failing_module(tracer: CanonTracer) -> str:
+    """Innermost module the tracer was inside when it failed (``''`` if unknown)."""
+    stack = getattr(tracer, "module_stack", None)
+    if not stack:
+        return ""
+    names = [k for k in stack.keys() if k]
+    return names[-1] if names else ""
+

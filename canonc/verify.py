@@ -1,0 +1,126 @@
+"""The equivalence gate: the canonized model must compute the original's function.
+
+Logic is checked in float64 on several inputs; the tolerance is
+``max(1e-9·(1 + max|y|), 1e-3·err32)`` where ``err32`` is how far the original's own
+float32 evaluation is from its float64 one (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+ABS_TOL = 1e-9
+REL_TO_FP32 = 1e-3
+
+
+def outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Run ``model`` without gradients and return its tensor outputs, flattened."""
+    with torch.no_grad():
+        out = model(*inputs)
+    leaves, _ = tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    if len(a) != len(b):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return float("inf")
+        d = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+        if d != d:  # NaN
+            return float("inf")
+        worst = max(worst, d)
+    return worst
+
+
+def _max_mag(ys: list[torch.Tensor]) -> float:
+    return max((y.double().abs().max().item() for y in ys if y.numel()), default=0.0)
+
+
+def check_inputs(example: tuple[torch.Tensor, ...], reference: nn.Module, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """Random float64 inputs: batch 1 and 3 at the given shape, and batch 1 at a second size.
+
+    The second spatial size (trailing dims + 32) is used only where ``reference`` accepts it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(batch: int, grow: int = 0) -> tuple[torch.Tensor, ...]:
+        out = []
+        for t in example:
+            shape = list(t.shape)
+            shape[0] = batch
+            if grow and len(shape) >= 3:
+                shape[2:] = [d + grow for d in shape[2:]]
+            if t.is_floating_point():
+                out.append(torch.randn(shape, generator=gen, dtype=torch.float64))
+            else:
+                out.append(t.expand(shape).clone() if t.numel() else t)
+        return tuple(out)
+
+    inputs = [draw(1), draw(3)]
+    if any(t.dim() >= 3 and t.is_floating_point() for t in example):
+        grown = draw(1, grow=32)
+        try:
+            outputs(reference, grown)
+            inputs.append(grown)
+        except Exception:  # noqa: BLE001 - the model takes only its own size
+            pass
+    return inputs
+
+
+@dataclass
+class GateResult:
+    """Outcome of the float64 gate and the float32 artifact check."""
+
+    passed: bool
+    max_abs_error_fp64: float
+    max_rel_error_fp64: float
+    tolerance: float
+    reference_fp32_error: float
+    max_abs_error_fp32: float | None = None
+    input_shapes: list[list[list[int]]] = field(default_factory=list)
+
+
+def gate(
+    original64: nn.Module,
+    canon64: nn.Module,
+    original32: nn.Module,
+    inputs: list[tuple[torch.Tensor, ...]],
+    dtype: torch.dtype,
+) -> GateResult:
+    """Compare ``canon64`` with ``original64`` on ``inputs`` (float64) under the tolerance.
+
+    ``original32`` (the model in its own ``dtype``) gives ``err32``, the original's own
+    rounding error, which scales the tolerance for ill-conditioned models.
+    """
+    passed, worst_abs, worst_rel, worst_tol, worst32 = True, 0.0, 0.0, 0.0, 0.0
+    for x in inputs:
+        y64 = outputs(original64, x)
+        yc = outputs(canon64, x)
+        y32 = outputs(original32, tuple(t.to(dtype) if t.is_floating_point() else t for t in x))
+        err = _max_abs(yc, y64)
+        err32 = _max_abs(y32, y64)
+        mag = _max_mag(y64)
+        tol = max(ABS_TOL * (1.0 + mag), REL_TO_FP32 * (err32 if err32 != float("inf") else 0.0))
+        passed = passed and err <= tol
+        worst_abs = max(worst_abs, err)
+        worst_rel = max(worst_rel, err / mag if mag > 0 else err)
+        worst_tol = max(worst_tol, tol)
+        worst32 = max(worst32, err32)
+    shapes = [[list(t.shape) for t in x] for x in inputs]
+    return GateResult(passed, worst_abs, worst_rel, worst_tol, worst32, input_shapes=shapes)
+
+
+def artifact_error(artifact: nn.Module, original64: nn.Module, inputs: list[tuple[torch.Tensor, ...]], dtype: torch.dtype) -> float:
+    """Max abs error of the written (e.g. float32) model against the float64 original."""
+    worst = 0.0
+    for x in inputs:
+        y = outputs(artifact, tuple(t.to(dtype) if t.is_floating_point() else t for t in x))
+        worst = max(worst, _max_abs(y, outputs(original64, x)))
+    return worst
