@@ -35,11 +35,20 @@ def atomic_write(path: Path, write) -> None:
         raise InputError(f"output directory {directory} does not exist; create it first")
     if not os.access(directory, os.W_OK):
         raise InputError(f"output directory {directory} is not writable; choose another -o path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write into {directory} ({exc.strerror}); choose another output path") from exc
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path} ({exc.strerror or exc}); choose another output path") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -101,7 +101,9 @@ def _read_tensors(path: Path, trust_pickle: bool) -> object:
         except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
             raise InputError(f"{path} is not a readable safetensors file ({exc}); re-save it") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         if not trust_pickle and "weights_only" in str(exc).lower().replace(" ", "_"):
             raise InputError(

@@ -43,14 +43,15 @@ class CanonTracer(fx.Tracer):
 
     Parameters
     ----------
-    model : nn.Module
+    model : nn.Module, optional
         The model to be traced (its module types decide whether timm's lists apply).
     leaves : iterable of str
         Qualified module names the user wants kept as opaque leaves.
     """
 
-    def __init__(self, model: nn.Module, leaves: Iterable[str] = ()) -> None:
-        timm_types, timm_fns = _timm_leaves(model)
+    def __init__(self, model: nn.Module | None = None, leaves: Iterable[str] = ()) -> None:
+        # ``model`` is optional: torch.load re-traces a saved GraphModule with ``CanonTracer()``.
+        timm_types, timm_fns = _timm_leaves(model) if model is not None else (set(), [])
         super().__init__(autowrap_functions=tuple(timm_fns))
         self.user_leaves = set(leaves)
         self.timm_types = tuple(timm_types)
