@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full model (runs code from the file)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="what to do with BN that cannot merge left")
     p.add_argument("--leaf", action="append", default=[], help="qualified module name to keep opaque when tracing")
+    p.add_argument("--no-fuse-chains", action="store_true", help="keep adjacent linear layers (Linear→Linear, conv chains) unfused")
+    p.add_argument("--max-chain-growth", type=float, default=1.0,
+                   help="fuse two linear layers only if the result has at most this times their parameters (default 1.0)")
+    p.add_argument("--fuse-pooling", action="store_true", help="also fold an AvgPool feeding a Linear into the Linear")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
@@ -56,6 +60,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise InputError(f"-o {args.output}: unsupported output type; use a .pt or .pth path (or --emit-dir)")
 
 
+def pass_options(args: argparse.Namespace) -> dict:
+    """The pass options (``ctx.options``) the command line asks for."""
+    return {"fuse_chains": not args.no_fuse_chains, "max_chain_growth": args.max_chain_growth,
+            "fuse_pooling": args.fuse_pooling}
+
+
 def run_canonize(args: argparse.Namespace) -> int:
     """Load, canonize, verify, write; return the exit code."""
     _check_outputs(args)
@@ -65,7 +75,8 @@ def run_canonize(args: argparse.Namespace) -> int:
         raise InputError(f"cannot tell the input shape of {loaded.name}; pass --input-shape N,C,H,W")
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     try:
-        result = canonize(loaded.model, example, strategy=args.strategy, leaves=args.leaf, name=loaded.name)
+        result = canonize(loaded.model, example, strategy=args.strategy, leaves=args.leaf, name=loaded.name,
+                          options=pass_options(args))
     except VerificationError as exc:
         if args.report and exc.report is not None:
             text = exc.report.to_json()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import fx
 
-from . import drop_identity, lift_functional, merge_left, modularize, no_inplace, split_norm_act, unshare
+from . import drop_identity, fuse_chains, lift_functional, merge_left, modularize, no_inplace, split_norm_act, unshare
 from .base import LogEntry, PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], None]
@@ -22,6 +22,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
+    ("fuse-chains", fuse_chains.run),
     ("modularize", modularize.run),
 ]
 
