@@ -8,7 +8,7 @@ from collections import Counter
 import networkx as nx
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from .graph import BN_TYPES, data_users, get_module, is_call, linear_base, shape_of
 from .passes.base import PassContext
@@ -27,6 +27,8 @@ _FUNCTIONAL_LAYERS = {F.batch_norm: "batch_norm", F.layer_norm: "layer_norm", F.
                       F.conv2d: "conv2d", F.conv3d: "conv3d", F.linear: "linear", F.softmax: "softmax",
                       F.gelu: "gelu", F.silu: "silu", F.relu: "relu", torch.softmax: "softmax"}
 _VIEWS = ("flatten", "reshape", "view", "permute", "transpose", "contiguous")
+_AFFINE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_TRUSTED_ROOTS = {"", "torch", "_operator", "operator", "builtins", "math"}
 
 
 def _is_data(arg: object) -> bool:
@@ -55,6 +57,26 @@ def _combine_items(node: fx.Node) -> list[dict[str, str]]:
         return [{"kind": "constant-affine", "node": node.name, "reason": f"{name} by a constant (per-channel affine not folded)"}]
     if name in ("mean", "sum"):
         return [{"kind": "functional-combine", "node": node.name, "reason": f"{name} reduction is not a module"}]
+    return []
+
+
+def _opaque_items(node: fx.Node, module: nn.Module | None) -> list[dict[str, str]]:
+    """Norms whose affine part is left, leaf modules with inner structure, wrapped functions."""
+    if module is not None:
+        name = type(module).__name__
+        if isinstance(module, _AFFINE_NORMS) and (getattr(module, "elementwise_affine", False) or module.affine):
+            return [{"kind": "norm-affine", "node": node.name,
+                     "reason": f"{name}'s affine weight and bias are not folded into a neighbouring linear layer"}]
+        if next(module.children(), None) is not None:
+            return [{"kind": "opaque-module", "node": node.name,
+                     "reason": f"{name} is a leaf with inner ops (e.g. matmul, softmax) that XAI rules cannot reach"}]
+        return []
+    if node.op == "call_function":
+        where = getattr(node.target, "__module__", None) or ""
+        if where.split(".")[0] not in _TRUSTED_ROOTS:
+            name = getattr(node.target, "__name__", str(node.target))
+            return [{"kind": "opaque-function", "node": node.name,
+                     "reason": f"{where}.{name} is traced as one call (torch.fx.wrap); its inner ops are not canonized"}]
     return []
 
 
@@ -98,6 +120,7 @@ def lint(gm: fx.GraphModule, ctx: PassContext | None = None) -> list[dict[str, s
             items.append({"kind": "shared-module", "node": node.name,
                           "reason": f"{node.target} is called {calls[node.target]} times"})
         items.extend(_combine_items(node))
+        items.extend(_opaque_items(node, m))
     items.extend(_adjacent_linear(gm))
     return items
 
