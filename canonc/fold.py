@@ -6,12 +6,10 @@ BatchNorm in eval mode is ``BN(x) = s*x + t`` with ``s = gamma / sqrt(var + eps)
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-from .graph import CONVT_TYPES
+from .graph import CONVT_TYPES, copy_sharing
 
 
 def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +37,7 @@ def fold_out(module: nn.Module, s: torch.Tensor, t: torch.Tensor) -> nn.Module:
     ``W'[o] = s[o] * W[o]`` and ``b' = s*b + t``. ConvTranspose keeps its weight as
     ``(in, out/groups, *k)`` and so scales axis 1 within each group.
     """
-    new = copy.deepcopy(module)
+    new = copy_sharing(module, "weight", "bias")
     w = new.weight.detach()
     s = s.to(w.dtype)
     t = t.to(w.dtype)

@@ -93,6 +93,16 @@ def free_name(gm: fx.GraphModule, base: str) -> str:
         k += 1
 
 
+def copy_sharing(module: nn.Module, *names: str) -> nn.Module:
+    """Deep copy of ``module`` that shares (does not clone) the tensors named ``names``.
+
+    For rewrites that replace those tensors right away: copying large weights only to
+    overwrite them dominates canonization time.
+    """
+    memo = {id(t): t for t in (getattr(module, n, None) for n in names) if t is not None}
+    return copy.deepcopy(module, memo)
+
+
 def clone_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module | None = None) -> str:
     """Give ``node`` its own copy of its module (or ``module``) under a fresh name.
 
@@ -128,11 +138,25 @@ def shape_of(node: fx.Node) -> tuple[int, ...] | None:
     return None
 
 
+# Modules whose output has their input's shape and dtype: meta propagation skips their
+# (slow, decomposed) meta kernels. Only exact torch types: subclasses may reshape.
+_SHAPE_PRESERVING = {
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout,
+}
+
+
 class _MetaProp(fx.Interpreter):
     """Interpreter that records each node's output as ``node.meta['val']``."""
 
     def run_node(self, n: fx.Node) -> object:
-        out = super().run_node(n)
+        out = None
+        if n.op == "call_module" and type(self.module.get_submodule(n.target)) in _SHAPE_PRESERVING:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            x = args[0] if len(args) == 1 and not kwargs else None
+            out = torch.empty_like(x) if isinstance(x, torch.Tensor) and x.is_meta else None
+        if out is None:
+            out = super().run_node(n)
         if isinstance(out, torch.Tensor):
             n.meta["val"] = out
         return out
