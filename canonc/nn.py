@@ -9,6 +9,7 @@ into an emitted ``model.py`` so the emitted model loads with plain torch.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 try:  # zennit's Norm rule attaches to zennit.layer.Sum: subclass it when present.
@@ -121,4 +122,49 @@ class ThreshReLU(nn.ReLU):
         return f"num_features={self.num_features}, channel_dim={self.channel_dim}"
 
 
-CANONICAL_MODULES = (Sum, Concat, Gate, Mul, Mean, ThreshReLU)
+class BiasMap(nn.Module):
+    """Per-position bias of a layer whose input had a per-channel constant folded in.
+
+    ``Conv(pad0(s*x + t)) = Conv'(pad0(x)) + M`` where ``M`` is the constant ``t`` pushed
+    through the zero-padded conv: equal to the bias shift in the interior, different
+    near the border. ``Conv'`` carries the interior value as its bias; this module adds
+    ``M - interior``, computed at run time for the input's spatial size (so it holds
+    at any input size and exports to ONNX as a Conv of a constant-of-shape).
+
+    ``forward(y, size)`` takes the layer's output ``y`` and its *input* size.
+    ``kernel`` is the layer's weight contracted with ``t`` over input channels:
+    ``(out, 1, *k)`` for a conv, ``(1, out, *k)`` for a transposed conv.
+    """
+
+    def __init__(self, out_channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...],
+                 padding: tuple[int, ...] | str, dilation: tuple[int, ...],
+                 output_padding: tuple[int, ...] = (), transposed: bool = False) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self.dilation = tuple(dilation)
+        self.output_padding = tuple(output_padding)
+        self.transposed = transposed
+        shape = (1, out_channels) if transposed else (out_channels, 1)
+        self.register_buffer("kernel", torch.zeros(shape + self.kernel_size))
+        self.register_buffer("interior", torch.zeros(out_channels))
+
+    def forward(self, y: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        n = len(self.kernel_size)
+        ones = y.new_ones((1, 1) + tuple(size[2:]))
+        kernel = self.kernel.to(y.dtype)
+        if self.transposed:
+            conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+            m = conv_t(ones, kernel, None, self.stride, self.padding, self.output_padding, 1, self.dilation)
+        else:
+            conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+            m = conv(ones, kernel, None, self.stride, self.padding, self.dilation)
+        return y + (m - self.interior.to(y.dtype).view((1, -1) + (1,) * n))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, transposed={self.transposed}"
+
+
+CANONICAL_MODULES = (Sum, Concat, Gate, Mul, Mean, ThreshReLU, BiasMap)

@@ -10,7 +10,19 @@ from collections.abc import Callable
 
 from torch import fx
 
-from . import drop_identity, fuse_chains, lift_functional, merge_left, modularize, no_inplace, split_norm_act, unshare
+from . import (
+    drop_identity,
+    fuse_chains,
+    lift_functional,
+    merge_left,
+    merge_right,
+    modularize,
+    no_inplace,
+    split_concat_bn,
+    split_norm_act,
+    thresh_relu,
+    unshare,
+)
 from .base import LogEntry, PassContext
 
 Pass = Callable[[fx.GraphModule, PassContext], None]
@@ -23,6 +35,9 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
     ("fuse-chains", fuse_chains.run),
+    ("split-concat-bn", split_concat_bn.run),
+    ("thresh-relu", thresh_relu.run),
+    ("merge-right", merge_right.run),
     ("modularize", modularize.run),
 ]
 

@@ -32,6 +32,8 @@ class PassContext:
     budget : int or None
         When set, at most this many rewrites are applied (used to bisect a rewrite
         that breaks equivalence); refusals are not counted.
+    state : dict
+        Scratch values a pass keeps across rounds (e.g. the parameter count it started from).
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -40,6 +42,7 @@ class PassContext:
     skipped: list[LogEntry] = field(default_factory=list)
     current_pass: str = ""
     rewrite_pass: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, rule: str, node: str, detail: str = "") -> bool:
         """Ask to apply a rewrite; logs it and returns True unless the budget is spent."""
