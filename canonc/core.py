@@ -17,6 +17,7 @@ from .lint import count_bn, lint
 from .passes import PassContext, run_pipeline
 from .passes.merge_left import bn_refusal
 from .report import Report
+from .report_data import annotate
 from .trace import trace
 from .verify import artifact_error, check_inputs, gate, outputs
 
@@ -122,6 +123,7 @@ def canonize(
     leaves: Iterable[str] = (),
     name: str | None = None,
     options: dict | None = None,
+    profile: bool = False,
 ) -> CanonResult:
     """Rewrite ``model`` into canonical form and prove it computes the same function.
 
@@ -141,6 +143,9 @@ def canonize(
         Model name for the report.
     options : dict, optional
         Pass options (e.g. ``{"bias_map": False}``), visible to every pass as ``ctx.options``.
+    profile : bool
+        Also fill the report's per-layer error profile, FLOPs and graphs (for the HTML /
+        Markdown report; a few extra forward passes). A failed gate always fills them.
 
     Returns
     -------
@@ -195,6 +200,8 @@ def canonize(
             with _timer(timings, "locate"):
                 where = _locate_failure(model64, example64, options, leaves, len(ctx.rewrites), inputs[0], result.tolerance)
             report.failure = where
+            with _timer(timings, "profile"):
+                _annotate_failure(report, model64, gm, inputs, dtype, leaves)
             report.timings_s = timings
             raise VerificationError(
                 f"verification failed (max abs error {result.max_abs_error_fp64:.3g} > {result.tolerance:.3g}): "
@@ -206,9 +213,20 @@ def canonize(
         if verify:
             report.max_abs_error_fp32 = artifact_error(artifact, model64, inputs, dtype)
             report.verified = True
+    if verify and profile:
+        with _timer(timings, "profile"):
+            annotate(report, model64, gm, inputs, dtype, leaves)
     report.params_after = count_params(artifact)
     report.timings_s = {k: round(v, 4) for k, v in timings.items()}
     return CanonResult(artifact, report)
+
+
+def _annotate_failure(report: Report, model64: nn.Module, gm: fx.GraphModule, inputs, dtype, leaves) -> None:
+    """Fill the per-layer profile of a failed gate; a failure here must not hide the gate's."""
+    try:
+        annotate(report, model64, gm, inputs, dtype, leaves)
+    except Exception as exc:  # noqa: BLE001 - the VerificationError is what the user needs
+        report.warnings.append(f"per-layer error profile unavailable: {type(exc).__name__}: {exc}")
 
 
 def bn_refusal_reason(gm: fx.GraphModule, node_name: str) -> str:

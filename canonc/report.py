@@ -31,6 +31,14 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     check_inputs: list[list[list[int]]] = field(default_factory=list)
     failure: str = ""
+    # Filled only for the human-readable reports (canonize(..., profile=True), or a failed gate):
+    flops_before: int | None = None
+    flops_after: int | None = None
+    error_profile: list[dict[str, Any]] = field(default_factory=list)
+    first_divergence: str = ""
+    matched_nodes: dict[str, str] = field(default_factory=dict)
+    graph_before: dict[str, Any] = field(default_factory=dict)
+    graph_after: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as a plain dict."""
@@ -64,6 +72,8 @@ class Report:
                 f"  fp32 artifact max abs {self.max_abs_error_fp32:.3g} vs fp64 original"
                 f"  (original's own fp32 error {self.reference_fp32_error:.3g})"
             )
+        if self.first_divergence:
+            lines.append(f"  diverges at   {self.first_divergence}")
         lines.append(f"  BatchNorm     {self.bn_before} → {self.bn_after}")
         lines.append(f"  parameters    {self.params_before:,} → {self.params_after:,}")
         rules = ", ".join(f"{k} ×{v}" for k, v in sorted(self.rule_counts().items())) or "none"
