@@ -16,6 +16,7 @@ from .codegen import atomic_write, emit_dir, save_module
 from .core import STRATEGIES, canonize
 from .errors import CanoncError, InputError, VerificationError
 from .load import load, parse_shape
+from .report_formats import check_report_path, render, wants_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="torchvision:NAME, timm:NAME, models:NAME, file.py:factory, or a .pt/.pth/.safetensors file")
     p.add_argument("-o", "--output", help="where to write the canonized model (.pt: torch.save)")
     p.add_argument("--emit-dir", help="also write readable model.py + weights.safetensors into this directory")
-    p.add_argument("--report", help="write the report as JSON to this path")
+    p.add_argument("--report", help="write the report to this path: .json, .md or .html (with graphs and per-layer error)")
     p.add_argument("--arch", help="architecture source for a state-dict file, e.g. torchvision:resnet50")
     p.add_argument("--weights", help="state-dict file to load into a torchvision:/timm: architecture")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the source's own)")
@@ -56,6 +57,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for out in (args.output, args.report):
         if out and Path(out).resolve() in inputs:
             raise InputError(f"output path {out} is an input file; canonc never overwrites its input, choose another path")
+    if args.report:
+        check_report_path(args.report)
     if args.output and Path(args.output).suffix not in (".pt", ".pth"):
         raise InputError(f"-o {args.output}: unsupported output type; use a .pt or .pth path (or --emit-dir)")
 
@@ -76,10 +79,10 @@ def run_canonize(args: argparse.Namespace) -> int:
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     try:
         result = canonize(loaded.model, example, strategy=args.strategy, leaves=args.leaf, name=loaded.name,
-                          options=pass_options(args))
+                          options=pass_options(args), profile=wants_profile(args.report))
     except VerificationError as exc:
         if args.report and exc.report is not None:
-            text = exc.report.to_json()
+            text = render(exc.report, args.report)
             atomic_write(Path(args.report), lambda p: p.write_text(text))
         raise
     if args.emit_dir:
@@ -87,7 +90,7 @@ def run_canonize(args: argparse.Namespace) -> int:
     if args.output:
         save_module(result.module, Path(args.output))
     if args.report:
-        atomic_write(Path(args.report), lambda p: p.write_text(result.report.to_json()))
+        atomic_write(Path(args.report), lambda p: p.write_text(render(result.report, args.report)))
     if not args.quiet:
         print(result.report.summary())
         for path in (args.output, args.emit_dir, args.report):
