@@ -68,7 +68,8 @@ def _timer(timings: dict[str, float], stage: str):
 
 
 def _to64(example: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return tuple(t.detach().cpu().double() if t.is_floating_point() else t.cpu() for t in example)
+    # copies: the caller's tensors must survive a model that writes into its input
+    return tuple(t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype, copy=True) for t in example)
 
 
 def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict, leaves: Iterable[str] = (),

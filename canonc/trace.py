@@ -8,8 +8,12 @@ order in which modules were registered.
 from __future__ import annotations
 
 import importlib
+import inspect
+import operator
 from collections.abc import Iterable
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from . import nn as cnn
@@ -106,7 +110,45 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RefusedError(f"model does not trace with torch.fx{hint} ({first})") from exc
     name = type(model).__name__
+    resolve_inplace(graph, tracer.root)
     return fx.GraphModule(tracer.root, graph, name)
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, F.relu_}
+
+
+def _mutates_first_arg(node: fx.Node, root: nn.Module) -> bool:
+    """True when ``node`` writes its result into its first argument (in-place op)."""
+    if node.op == "call_module":
+        return getattr(root.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op != "call_function":
+        return False
+    if node.target in _INPLACE_FUNCTIONS:
+        return True
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, or a call it does not fit
+        return node.kwargs.get("inplace", False) is True
+    return bound.arguments.get("inplace", False) is True
+
+
+def resolve_inplace(graph: fx.Graph, root: nn.Module) -> None:
+    """Make in-place ops explicit in the dataflow.
+
+    After ``y = relu_(x)`` the tensor ``x`` holds ``y``; users of ``x`` that run later read
+    ``y`` instead, so the passes may turn the op out-of-place without changing what
+    those users see.
+    """
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        target = node.args[0] if node.args else None
+        if not isinstance(target, fx.Node) or not _mutates_first_arg(node, root):
+            continue
+        for user in list(target.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(target, node)
 
 
 def _failing_module(tracer: CanonTracer) -> str:

@@ -13,14 +13,16 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from .errors import InputError
+
 ABS_TOL = 1e-9
 REL_TO_FP32 = 1e-3
 
 
 def outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """Run ``model`` without gradients and return its tensor outputs, flattened."""
-    with torch.no_grad():
-        out = model(*inputs)
+    with torch.no_grad():  # clones: a model may write into its input in place (relu_ on x)
+        out = model(*[t.clone() if isinstance(t, torch.Tensor) else t for t in inputs])
     leaves, _ = tree_flatten(out)
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 
@@ -103,7 +105,12 @@ def gate(
     for x in inputs:
         y64 = outputs(original64, x)
         yc = outputs(canon64, x)
-        y32 = outputs(original32, tuple(t.to(dtype) if t.is_floating_point() else t for t in x))
+        try:
+            y32 = outputs(original32, tuple(t.to(dtype) if t.is_floating_point() else t for t in x))
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. an op with no float16 kernel on this CPU
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"the model does not run in {dtype} on this device ({first}); "
+                             "convert it to float32 (model.float()) and canonize that") from exc
         err = _max_abs(yc, y64)
         err32 = _max_abs(y32, y64)
         mag = _max_mag(y64)
