@@ -16,7 +16,9 @@ from .codegen import atomic_write, emit_dir, save_module
 from .core import STRATEGIES, canonize
 from .errors import CanoncError, InputError, VerificationError
 from .load import load, parse_shape
+from .onnx_export import build_onnx, write_onnx
 from .report_formats import check_report_path, render, wants_profile
+from .xai.cli import build_explain_parser, run_explain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="canonc",
         description="Rewrite a PyTorch model into canonical form for XAI and prove it computes the same function.",
     )
-    p.add_argument("model", help="torchvision:NAME, timm:NAME, models:NAME, file.py:factory, or a .pt/.pth/.safetensors file")
-    p.add_argument("-o", "--output", help="where to write the canonized model (.pt: torch.save)")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, models:NAME, file.py:factory, or a .pt/.pth/.safetensors/.onnx file")
+    p.add_argument("-o", "--output", help="where to write the canonized model (.pt: torch.save; .onnx: ONNX checked in ONNX Runtime)")
+    p.add_argument("--onnx", help="also export the canonized model to this .onnx path, checked in ONNX Runtime")
     p.add_argument("--emit-dir", help="also write readable model.py + weights.safetensors into this directory")
     p.add_argument("--report", help="write the report to this path: .json, .md or .html (with graphs and per-layer error)")
     p.add_argument("--arch", help="architecture source for a state-dict file, e.g. torchvision:resnet50")
@@ -51,16 +54,18 @@ def _inputs_of(args: argparse.Namespace) -> list[Path]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    if not args.output and not args.emit_dir:
-        raise InputError("no output given; pass -o canon.pt (and/or --emit-dir DIR)")
+    if not args.output and not args.emit_dir and not args.onnx:
+        raise InputError("no output given; pass -o canon.pt (and/or --emit-dir DIR, --onnx canon.onnx)")
     inputs = _inputs_of(args)
-    for out in (args.output, args.report):
+    for out in (args.output, args.report, args.onnx):
         if out and Path(out).resolve() in inputs:
             raise InputError(f"output path {out} is an input file; canonc never overwrites its input, choose another path")
     if args.report:
         check_report_path(args.report)
-    if args.output and Path(args.output).suffix not in (".pt", ".pth"):
-        raise InputError(f"-o {args.output}: unsupported output type; use a .pt or .pth path (or --emit-dir)")
+    if args.output and Path(args.output).suffix not in (".pt", ".pth", ".onnx"):
+        raise InputError(f"-o {args.output}: unsupported output type; use a .pt, .pth or .onnx path (or --emit-dir)")
+    if args.onnx and Path(args.onnx).suffix != ".onnx":
+        raise InputError(f"--onnx {args.onnx}: use a path ending in .onnx")
 
 
 def pass_options(args: argparse.Namespace) -> dict:
@@ -85,15 +90,23 @@ def run_canonize(args: argparse.Namespace) -> int:
             text = render(exc.report, args.report)
             atomic_write(Path(args.report), lambda p: p.write_text(text))
         raise
+    onnx_paths = [p for p in (args.output, args.onnx) if p and Path(p).suffix == ".onnx"]
+    if onnx_paths:  # exported and verified before anything is written
+        reference = loaded.path if loaded.path is not None and loaded.path.suffix == ".onnx" else None
+        onnx_data, info = build_onnx(result.module, example, reference=reference)
+        for key, value in {"onnx_path": ", ".join(onnx_paths), **info}.items():
+            setattr(result.report, key, value)
     if args.emit_dir:
         emit_dir(result.module, Path(args.emit_dir), (example,), loaded.name)
-    if args.output:
+    if args.output and Path(args.output).suffix != ".onnx":
         save_module(result.module, Path(args.output))
+    for path in onnx_paths:
+        write_onnx(onnx_data, Path(path))
     if args.report:
         atomic_write(Path(args.report), lambda p: p.write_text(render(result.report, args.report)))
     if not args.quiet:
         print(result.report.summary())
-        for path in (args.output, args.emit_dir, args.report):
+        for path in (args.output, args.onnx, args.emit_dir, args.report):
             if path:
                 print(f"  wrote         {path}")
     return 0
@@ -102,6 +115,7 @@ def run_canonize(args: argparse.Namespace) -> int:
 # Subcommands: name → (parser builder, runner). ``canonc NAME ...`` dispatches here;
 # anything else is the default ``canonc MODEL -o OUT`` command.
 SUBCOMMANDS: dict[str, tuple] = {}
+SUBCOMMANDS["explain"] = (build_explain_parser, run_explain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Model sources: ``torchvision:NAME``, ``timm:NAME``, ``file.py:factory``, state dicts
-(``.pt``, ``.pth``, ``.safetensors``) with ``arch``, pickled modules with ``trust_pickle``.
+(``.pt``, ``.pth``, ``.safetensors``) with ``arch``, pickled modules with ``trust_pickle``,
+``.onnx`` files (imported by :mod:`canonc.onnx_import`).
 
 Loading is safe by default: ``torch.load(weights_only=True)``; unpickling a full module
 runs code from the file and needs an explicit ``trust_pickle=True``.
@@ -178,7 +179,12 @@ def load(spec: str, *, arch: str | None = None, weights: str | None = None, trus
         return loaded
     path = Path(spec)
     if path.suffix == ".onnx":
-        raise InputError(f"{path}: ONNX input is not supported by this version; export the model from PyTorch")
+        if arch:
+            raise InputError(f"{path} is an ONNX model with its weights; drop --arch")
+        from .onnx_import import import_onnx
+
+        module, shape = import_onnx(path)
+        return Loaded(module, shape, path.name, path)
     if path.suffix not in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"):
         if not path.exists():
             raise InputError(f"no such file or model source: {spec}")

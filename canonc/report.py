@@ -27,6 +27,16 @@ class Report:
     rewrites: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     lint: list[dict[str, str]] = field(default_factory=list)
+    # ONNX export (``--onnx`` / ``-o X.onnx``), checked in ONNX Runtime against the fp32 module (and the input ONNX)
+    onnx_path: str | None = None
+    onnx_opset: int | None = None
+    onnx_exporter: str | None = None
+    onnx_provider: str | None = None
+    onnx_max_abs_error: float | None = None
+    onnx_reference_error: float | None = None
+    onnx_tolerance: float | None = None
+    onnx_op_counts: dict[str, int] = field(default_factory=dict)
+    onnx_verified: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     check_inputs: list[list[list[int]]] = field(default_factory=list)
@@ -89,6 +99,10 @@ class Report:
                 lines.append(f"    ... {len(self.lint) - 8} more in the JSON report")
         else:
             lines.append("  lint          canonical (nothing left)")
+        if self.onnx_path:
+            vs_input = f", vs input ONNX {self.onnx_reference_error:.3g}" if self.onnx_reference_error is not None else ""
+            lines.append(f"  onnx          opset {self.onnx_opset} ({self.onnx_exporter}), {self.onnx_provider}: max abs "
+                         f"{self.onnx_max_abs_error:.3g} vs torch{vs_input} (tolerance {self.onnx_tolerance:.3g})")
         for w in self.warnings:
             lines.append(f"  warning       {w}")
         total = sum(self.timings_s.values())
