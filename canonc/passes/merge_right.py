@@ -18,9 +18,18 @@ from torch import fx, nn
 
 from .. import nn as cnn
 from ..fold import bn_affine, fold_in, needs_bias_map
-from ..graph import BN_TYPES, CONVT_TYPES, data_users, get_module, linear_base, replace_module, set_module, shape_of
+from ..graph import (
+    BN_TYPES,
+    CONVT_TYPES,
+    data_users,
+    free_name,
+    get_module,
+    linear_base,
+    replace_module,
+    set_module,
+    shape_of,
+)
 from .base import PassContext
-from .lift_functional import module_name
 from .merge_left import bn_refusal
 
 RULE = "merge-right"
@@ -165,6 +174,14 @@ def plan(gm: fx.GraphModule, start: fx.Node, s: torch.Tensor, t: torch.Tensor, b
     return folds, ""
 
 
+def _sibling_name(gm: fx.GraphModule, base: str) -> str:
+    try:
+        gm.get_submodule(base)
+    except AttributeError:
+        return base
+    return free_name(gm, base)
+
+
 def install(gm: fx.GraphModule, folds: list[Fold]) -> list[str]:
     """Put each fold's layer in place and add its bias map after it; returns the layer names."""
     names = []
@@ -173,7 +190,7 @@ def install(gm: fx.GraphModule, folds: list[Fold]) -> list[str]:
         names.append(fold.node.target)
         if fold.bias_map is None:
             continue
-        name = module_name(gm, fold.node, fold.node.target.rpartition(".")[2] + "_bias_map")
+        name = _sibling_name(gm, fold.node.target + "_bias_map")
         set_module(gm, name, fold.bias_map)
         with gm.graph.inserting_after(fold.node):
             size = gm.graph.call_function(getattr, (fold.node.args[0], "shape"))
