@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chain-growth", type=float, default=1.0,
                    help="fuse two linear layers only if the result has at most this times their parameters (default 1.0)")
     p.add_argument("--fuse-pooling", action="store_true", help="also fold an AvgPool feeding a Linear into the Linear")
+    p.add_argument("--no-bias-map", action="store_true",
+                   help="refuse to merge a BN right into a zero-padded or transposed conv (it needs a border bias map)")
+    p.add_argument("--max-param-growth", type=float, default=6.0,
+                   help="--strategy untangle clones producers only while parameters stay within this factor (default 6)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
@@ -71,7 +75,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def pass_options(args: argparse.Namespace) -> dict:
     """The pass options (``ctx.options``) the command line asks for."""
     return {"fuse_chains": not args.no_fuse_chains, "max_chain_growth": args.max_chain_growth,
-            "fuse_pooling": args.fuse_pooling}
+            "fuse_pooling": args.fuse_pooling, "bias_map": not args.no_bias_map,
+            "max_param_growth": args.max_param_growth}
 
 
 def run_canonize(args: argparse.Namespace) -> int:
