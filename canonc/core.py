@@ -12,7 +12,8 @@ import torch
 from torch import fx, nn
 
 from .errors import InputError, RefusedError, VerificationError
-from .graph import propagate_shapes
+from .flops import count_flops
+from .graph import BN_TYPES, get_module, propagate_shapes
 from .lint import count_bn, lint
 from .passes import PassContext, run_pipeline
 from .passes.merge_left import bn_refusal
@@ -88,6 +89,8 @@ def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict
             shape = ",".join(str(d) for d in example64[0].shape)
             raise InputError(f"model does not accept input of shape {shape} ({first}); pass the right --input-shape") from exc
     ctx = PassContext(options=options, budget=budget)
+    ctx.state["flops_start"] = count_flops(gm)
+    ctx.state["bn_nodes"] = [n.name for n in gm.graph.nodes if isinstance(get_module(gm, n), BN_TYPES)]
     with _timer(timings, "passes"):
         run_pipeline(gm, ctx)
         gm = fx.GraphModule(gm, gm.graph, type(model64).__name__ + "Canonical")
@@ -183,6 +186,8 @@ def canonize(
     report.lint = lint(gm, ctx)
     report.bn_before, report.bn_after = count_bn(model), count_bn(gm)
     report.params_before = count_params(model)
+    report.bn_actions = bn_actions(ctx)
+    report.flops_before, report.flops_after = ctx.state["flops_start"], count_flops(gm)
     if fatal:
         report.failure = f"BN '{fatal[0].node}': {fatal[0].reason}"
         raise RefusedError(f"{report.failure}; give it running statistics (track_running_stats=True) and re-train")
@@ -218,8 +223,18 @@ def canonize(
         with _timer(timings, "profile"):
             annotate(report, model64, gm, inputs, dtype, leaves)
     report.params_after = count_params(artifact)
+    report.param_growth = report.params_after / report.params_before if report.params_before else None
     report.timings_s = {k: round(v, 4) for k, v in timings.items()}
     return CanonResult(artifact, report)
+
+
+def bn_actions(ctx: PassContext) -> dict[str, str]:
+    """Per BN node of the traced model: the rewrites applied to it, or why it was kept."""
+    done: dict[str, list[str]] = {}
+    for entry in ctx.rewrites:
+        done.setdefault(entry.node, []).append(f"{entry.rule}: {entry.detail}")
+    return {name: "; ".join(done[name]) if name in done else "kept: " + (ctx.reason_for(name) or "not merged")
+            for name in ctx.state.get("bn_nodes", [])}
 
 
 def _annotate_failure(report: Report, model64: nn.Module, gm: fx.GraphModule, inputs, dtype, leaves) -> None:

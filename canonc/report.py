@@ -24,6 +24,9 @@ class Report:
     bn_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    param_growth: float | None = None
+    # per BN node of the traced model: what was done to it (rule: detail), or "kept: <reasons>"
+    bn_actions: dict[str, str] = field(default_factory=dict)
     rewrites: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     lint: list[dict[str, str]] = field(default_factory=list)
@@ -85,7 +88,11 @@ class Report:
         if self.first_divergence:
             lines.append(f"  diverges at   {self.first_divergence}")
         lines.append(f"  BatchNorm     {self.bn_before} → {self.bn_after}")
-        lines.append(f"  parameters    {self.params_before:,} → {self.params_after:,}")
+        growth = f"  (×{self.param_growth:.2f})" if self.param_growth is not None else ""
+        lines.append(f"  parameters    {self.params_before:,} → {self.params_after:,}{growth}")
+        if self.flops_before and self.flops_after is not None:
+            lines.append(f"  FLOPs         {self.flops_before:,} → {self.flops_after:,}"
+                         f"  (×{self.flops_after / self.flops_before:.2f})")
         rules = ", ".join(f"{k} ×{v}" for k, v in sorted(self.rule_counts().items())) or "none"
         lines.append(f"  rewrites      {rules}")
         if self.lint:
