@@ -19,7 +19,7 @@ from .passes import PassContext, run_pipeline
 from .passes.merge_left import bn_refusal
 from .report import Report
 from .report_data import annotate
-from .trace import trace
+from .trace import resolve_inplace, trace
 from .verify import artifact_error, check_inputs, gate, outputs
 
 STRATEGIES = ("auto", "left-only", "untangle")
@@ -88,6 +88,7 @@ def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shape = ",".join(str(d) for d in example64[0].shape)
             raise InputError(f"model does not accept input of shape {shape} ({first}); pass the right --input-shape") from exc
+        resolve_inplace(gm)
     ctx = PassContext(options=options, budget=budget)
     ctx.state["flops_start"] = count_flops(gm)
     ctx.state["bn_nodes"] = [n.name for n in gm.graph.nodes if isinstance(get_module(gm, n), BN_TYPES)]

@@ -309,7 +309,11 @@ class _Gen:
         out = self.fresh("v")
         if same and self.rng.random() < 0.8:
             b = self.rng.choice(same)
-            expr = self.rng.choice(["{a} + {b}", "torch.add({a}, {b})", "{a}.add({b})", "{a} - {b}"])
+            if self.rng.random() < 0.2:  # in place: later readers of ``a`` see the sum
+                lines = self.rng.choice([[f"{out} = {a}", f"{out} += {b}"], [f"{out} = {a}.add_({b})"]])
+                return self.try_op("add-inplace", out, lines, [a, b], {})
+            expr = self.rng.choice(["{a} + {b}", "torch.add({a}, {b})", "{a}.add({b})", "{a} - {b}",
+                                    "torch.add({a}, {b}, alpha=2)"])
             return self.try_op("add", out, [f"{out} = " + expr.format(a=a, b=b)], [a, b], {})
         if gate_like and self.rng.random() < 0.5:
             b = self.rng.choice(gate_like)
@@ -385,6 +389,20 @@ class _Gen:
         ])
         return self.try_op("flatten", out, [f"{out} = " + expr.format(v=v)], [v], {})
 
+    def functional_layer(self) -> bool:
+        """``F.conv*d`` / ``F.linear`` on a module's parameters (left functional, listed by the lint)."""
+        v = self.pick(lambda t: t.dim() in (2, 3, 4))
+        if v is None:
+            return False
+        t = self.env[v]
+        m, out = self.fresh("m"), self.fresh("v")
+        if t.dim() == 2:
+            ctor, fn = f"nn.Linear({t.shape[1]}, {self.rng.randint(2, 12)})", "F.linear"
+        else:
+            r = t.dim() - 2
+            ctor, fn = f"nn.Conv{r}d({t.shape[1]}, {self.rng.randint(2, _MAX_CH)}, 1)", f"F.conv{r}d"
+        return self.try_op("functional-layer", out, [f"{out} = {fn}({v}, self.{m}.weight, self.{m}.bias)"], [v], {m: ctor})
+
     def dropout(self) -> bool:
         v = self.pick()
         if v is None:
@@ -410,7 +428,7 @@ class _Gen:
         return False
 
     OPS = (("conv", 6), ("conv_t", 2), ("linear", 2), ("bn", 6), ("act", 4), ("add", 3), ("cat", 2),
-           ("gate", 1), ("pool", 2), ("flatten", 1), ("dropout", 1), ("reuse", 2))
+           ("gate", 1), ("pool", 2), ("flatten", 1), ("dropout", 1), ("reuse", 2), ("functional_layer", 1))
 
     def generate(self) -> Case:
         r = self.rng.choice([1, 2, 2, 2, 3])

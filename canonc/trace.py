@@ -42,6 +42,23 @@ def is_norm_act(module: nn.Module) -> bool:
     )
 
 
+class _InplaceProxy(fx.Proxy):
+    """A Proxy that records ``x += y`` as ``operator.iadd`` (fx's Proxy records a plain add,
+    losing the write into ``x`` that later readers of ``x`` see); see :func:`resolve_inplace`."""
+
+    def __iadd__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
+
+
 class CanonTracer(fx.Tracer):
     """fx tracer with canonc's leaf policy.
 
@@ -59,6 +76,9 @@ class CanonTracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(timm_fns))
         self.user_leaves = set(leaves)
         self.timm_types = tuple(timm_types)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.user_leaves:
@@ -110,11 +130,12 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RefusedError(f"model does not trace with torch.fx{hint} ({first})") from exc
     name = type(model).__name__
-    resolve_inplace(graph, tracer.root)
     return fx.GraphModule(tracer.root, graph, name)
 
 
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, F.relu_}
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv}
 
 
 def _mutates_first_arg(node: fx.Node, root: nn.Module) -> bool:
@@ -134,21 +155,58 @@ def _mutates_first_arg(node: fx.Node, root: nn.Module) -> bool:
     return bound.arguments.get("inplace", False) is True
 
 
-def resolve_inplace(graph: fx.Graph, root: nn.Module) -> None:
-    """Make in-place ops explicit in the dataflow.
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 
-    After ``y = relu_(x)`` the tensor ``x`` holds ``y``; users of ``x`` that run later read
-    ``y`` instead, so the passes may turn the op out-of-place without changing what
-    those users see.
+
+def _returns_input(node: fx.Node, root: nn.Module) -> bool:
+    """True when ``node`` returns its first argument itself in eval mode (Identity, Dropout, in-place ops)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_module" and isinstance(root.get_submodule(node.target), (nn.Identity, nn.modules.dropout._DropoutNd)):
+        return True
+    if node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+        try:
+            return inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments.get("training", True) is False
+        except TypeError:
+            return False
+    return _mutates_first_arg(node, root)
+
+
+def _aliases(node: fx.Node, root: nn.Module) -> set[fx.Node]:
+    """Nodes that hold the very same tensor as ``node`` (joined by ops that return their input)."""
+    seen, stack = {node}, [node]
+    while stack:
+        cur = stack.pop()
+        near = [cur.args[0]] if _returns_input(cur, root) else []
+        near += [u for u in cur.users if _returns_input(u, root) and u.args[0] is cur]
+        for other in near:
+            if other not in seen:
+                seen.add(other)
+                stack.append(other)
+    return seen
+
+
+def resolve_inplace(gm: fx.GraphModule) -> None:
+    """Make in-place ops explicit in the dataflow (after shape propagation).
+
+    After ``y = relu_(x)`` or ``x += z`` the tensor ``x`` (and every alias of it made by
+    Identity / eval-mode Dropout) holds ``y``; users that run later read ``y`` instead, so
+    the passes may turn the op out-of-place without changing what those users see.
     """
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    for node in list(graph.nodes):
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
         target = node.args[0] if node.args else None
-        if not isinstance(target, fx.Node) or not _mutates_first_arg(node, root):
+        if node.op == "call_function" and node.target in _OUT_OF_PLACE and not (
+                isinstance(target, fx.Node) and isinstance(target.meta.get("val"), torch.Tensor)):
+            node.target = _OUT_OF_PLACE[node.target]  # ``n += 1`` on a Python number rebinds, it writes nothing
             continue
-        for user in list(target.users):
-            if user is not node and order[user] > order[node]:
-                user.replace_input_with(target, node)
+        if not isinstance(target, fx.Node) or not _mutates_first_arg(node, gm):
+            continue
+        for alias in _aliases(target, gm) - {node}:
+            for user in list(alias.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(alias, node)
+    gm.recompile()
 
 
 def _failing_module(tracer: CanonTracer) -> str:
