@@ -12,6 +12,7 @@ from torch import fx
 
 from . import (
     drop_identity,
+    fold_constant_affine,
     fuse_chains,
     lift_functional,
     merge_left,
@@ -34,6 +35,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
+    ("fold-constant-affine", fold_constant_affine.run),
     ("fuse-chains", fuse_chains.run),
     ("split-concat-bn", split_concat_bn.run),
     ("thresh-relu", thresh_relu.run),

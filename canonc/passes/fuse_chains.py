@@ -173,9 +173,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
             flat_in.meta = {"val": torch.empty(shape_of(node.args[0]), device="meta", dtype=new.weight.dtype)}
             node.args = (flat_in,)
             replace_module(gm, node, new)
-            for dead in [*path[::-1], first_node]:
-                gm.graph.erase_node(dead)
-                gone.add(dead)
+            before = set(gm.graph.nodes)
+            gm.graph.eliminate_dead_code()
+            gone |= before - set(gm.graph.nodes)
         else:
             replace_module(gm, first_node, new)
             first_node.meta = dict(node.meta)
