@@ -19,7 +19,7 @@ from .passes import PassContext, run_pipeline
 from .passes.merge_left import bn_refusal
 from .report import Report
 from .report_data import annotate
-from .trace import resolve_inplace, trace
+from .trace import trace
 from .verify import artifact_error, check_inputs, gate, outputs
 
 STRATEGIES = ("auto", "left-only", "untangle")
@@ -88,7 +88,6 @@ def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shape = ",".join(str(d) for d in example64[0].shape)
             raise InputError(f"model does not accept input of shape {shape} ({first}); pass the right --input-shape") from exc
-        resolve_inplace(gm)
     ctx = PassContext(options=options, budget=budget)
     ctx.state["flops_start"] = count_flops(gm)
     ctx.state["bn_nodes"] = [n.name for n in gm.graph.nodes if isinstance(get_module(gm, n), BN_TYPES)]
@@ -187,7 +186,7 @@ def canonize(
     report.lint = lint(gm, ctx)
     report.bn_before, report.bn_after = count_bn(model), count_bn(gm)
     report.params_before = count_params(model)
-    report.bn_actions = bn_actions(ctx)
+    report.bn_actions = bn_actions(ctx, gm)
     report.flops_before, report.flops_after = ctx.state["flops_start"], count_flops(gm)
     if fatal:
         report.failure = f"BN '{fatal[0].node}': {fatal[0].reason}"
@@ -229,12 +228,13 @@ def canonize(
     return CanonResult(artifact, report)
 
 
-def bn_actions(ctx: PassContext) -> dict[str, str]:
-    """Per BN node of the traced model: the rewrites applied to it, or why it was kept."""
+def bn_actions(ctx: PassContext, gm: fx.GraphModule) -> dict[str, str]:
+    """Per BN node of the traced model: the rewrites that removed it, or ``kept: <reasons>``."""
+    kept = {n.name for n in gm.graph.nodes if isinstance(get_module(gm, n), BN_TYPES)}
     done: dict[str, list[str]] = {}
     for entry in ctx.rewrites:
         done.setdefault(entry.node, []).append(f"{entry.rule}: {entry.detail}")
-    return {name: "; ".join(done[name]) if name in done else "kept: " + (ctx.reason_for(name) or "not merged")
+    return {name: "kept: " + (ctx.reason_for(name) or "not merged") if name in kept else "; ".join(done.get(name, []))
             for name in ctx.state.get("bn_nodes", [])}
 
 
