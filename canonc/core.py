@@ -19,7 +19,7 @@ from .passes import PassContext, run_pipeline
 from .passes.merge_left import bn_refusal
 from .report import Report
 from .report_data import annotate
-from .trace import trace
+from .trace import resolve_inplace, trace
 from .verify import artifact_error, check_inputs, gate, outputs
 
 STRATEGIES = ("auto", "left-only", "untangle")
@@ -88,6 +88,7 @@ def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shape = ",".join(str(d) for d in example64[0].shape)
             raise InputError(f"model does not accept input of shape {shape} ({first}); pass the right --input-shape") from exc
+        resolve_inplace(gm)
     ctx = PassContext(options=options, budget=budget)
     ctx.state["flops_start"] = count_flops(gm)
     ctx.state["bn_nodes"] = [n.name for n in gm.graph.nodes if isinstance(get_module(gm, n), BN_TYPES)]
@@ -189,7 +190,8 @@ def canonize(
     report.bn_actions = bn_actions(ctx, gm)
     report.flops_before, report.flops_after = ctx.state["flops_start"], count_flops(gm)
     if fatal:
-        report.failure = f"BN '{fatal[0].node}': {fatal[0].reason}"
+        module = next((n.target for n in gm.graph.nodes if n.name == fatal[0].node), fatal[0].node)
+        report.failure = f"BN '{module}': {fatal[0].reason}"
         raise RefusedError(f"{report.failure}; give it running statistics (track_running_stats=True) and re-train")
 
     if verify:
