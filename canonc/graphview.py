@@ -3,7 +3,7 @@
 Each node carries its module scope (``features.denseblock1.denselayer1``) so the viewer
 can collapse a scope into one box, and flags: ``changed`` (no node of the other graph does
 the same operation under the same name: fused, replaced, new or removed), ``refused``
-(a rule logged a refusal there) and ``diverges`` (the first diverging point of a failed
+(a rule refused it and no rule rewrote it) and ``diverges`` (the first diverging point of a failed
 verification).
 """
 

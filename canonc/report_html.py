@@ -74,9 +74,9 @@ def summary_html(report: Report) -> str:
         ["original's own fp32 error", fmt_err(report.reference_fp32_error)],
     ]
     eq += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", esc(fmt_err(v) if isinstance(v, float) else v)]
-           for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, [])]
+           for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, []) and d.get("onnx_path")]
     size = [
-        ["parameters", _change(report.params_before, report.params_after)],
+        ["parameters", _change(report.params_before, report.params_after or None)],  # 0: no artifact was built
         ["FLOPs", _change(report.flops_before, report.flops_after)],
         ["BatchNorm layers", f"{report.bn_before} → {report.bn_after}"],
         ["rewrites / refusals", f"{len(report.rewrites)} / {len(report.skipped)}"],
@@ -159,7 +159,7 @@ def profile_html(report: Report) -> str:
     prof = report.error_profile
     if not prof:
         return '<section id="profile"><h2>Per-layer error</h2><p class=muted>not computed (run with profile=True)</p></section>'
-    rows = [[str(i + 1), esc(p["node"]), esc(p["original"]), esc(p["kind"]), esc(p["layer"]),
+    rows = [[str(i + 1), esc(p["node"]), esc(p["original"]), esc(p["kind"]),
              esc("×".join(map(str, p["shape"]))), fmt_err(p["max_abs"]), fmt_err(p["err_fp64"]),
              fmt_err(p["tolerance"]), fmt_err(p["err_fp32"]), fmt_err(p["ref_fp32"]),
              "DIVERGES" if p["diverges"] else "ok"] for i, p in enumerate(prof)]
@@ -167,8 +167,8 @@ def profile_html(report: Report) -> str:
     row_cls = ["diverges first" if i == first else ("diverges" if p["diverges"] else "") for i, p in enumerate(prof)]
     verdict = (f'<p class="failure">First diverging tensor: {esc(report.first_divergence)}</p>' if first is not None
                else "<p>No matched tensor exceeds its tolerance.</p>")
-    table = _rows(rows, ["#", "canonical node", "original node", "op", "module", "shape", "max |y|", "fp64 error",
-                         "tolerance", "fp32 error", "original fp32 error"], "profile filterable", row_cls)
+    table = _rows(rows, ["#", "canonical node", "original node", "op", "shape", "max |y|", "fp64 error",
+                         "tolerance", "fp32 error", "original fp32 error", "status"], "profile filterable", row_cls)
     return f"""
 <section id="profile"><h2>Per-layer error <span class=muted>({len(prof)} matched tensors)</span></h2>
 <p class=muted>Each canonical tensor is compared with the original tensor it must equal (matched through node
@@ -184,12 +184,16 @@ def log_html(report: Report) -> str:
     new = report.matched_nodes
     rw = [[str(i + 1), esc(e["rule"]), esc(e["node"]), esc(new.get(e["node"], "(removed)")), esc(e.get("detail", ""))]
           for i, e in enumerate(report.rewrites)]
-    sk = [[esc(e["rule"]), esc(e["node"]), esc(e["reason"])] for e in report.skipped]
+    handled: dict[str, list[str]] = {}
+    for e in report.rewrites:
+        handled.setdefault(e["node"], []).append(e["rule"])
+    sk = [[esc(e["rule"]), esc(e["node"]), esc(e["reason"]), esc(", ".join(dict.fromkeys(handled.get(e["node"], []))) or "—")]
+          for e in report.skipped]
     li = [[esc(e["kind"]), esc(e["node"]), esc(e["reason"])] for e in report.lint]
     counts = ", ".join(f"{esc(k)} ×{v}" for k, v in sorted(report.rule_counts().items())) or "none"
     lint_body = (_rows(li, ["kind", "node", "reason"], "lint filterable") if li
                  else "<p class=ok-text>Canonical: nothing is left that the lint flags.</p>")
-    refusals = _rows(sk, ["rule", "node", "reason"], "refusals filterable") if sk else "<p>No refusals.</p>"
+    refusals = _rows(sk, ["rule", "node", "reason", "later rewritten by"], "refusals filterable") if sk else "<p>No refusals.</p>"
     return f"""
 <section id="rewrites"><h2>Rewrite log <span class=muted>({len(rw)}: {counts})</span></h2>
 <input class="filter" data-table="rewrites" placeholder="filter rows…">
@@ -213,7 +217,7 @@ def graphs_html(report: Report) -> str:
 <section id="graphs"><h2>Dataflow graphs: original → canonized</h2>
 <div class="controls">Collapse by module scope: <button data-act="less">− fewer boxes</button>
 <button data-act="more">+ more detail</button> <button data-act="all">expand all</button>
-<span class=muted>· click a blue box to open it, click a node to close its scope · hover for details</span>
+<span class=muted>· click a blue box to open it, click a node to close its scope · hover for details</span><br>
 <span class=legend><i class="sw changed"></i>rewritten <i class="sw refused"></i>refused
 <i class="sw group"></i>collapsed scope <i class="sw diverges"></i>first divergence</span></div>
 <div class="panes"><div class="pane"><h3>original ({len(report.graph_before["nodes"])} nodes)</h3><div id="g-before"></div></div>
@@ -229,10 +233,11 @@ h3{font-size:14px;margin:0 0 6px}.muted{color:#868e96;font-weight:normal}
 .badge.ok{background:#2f9e44}.badge.bad{background:#e03131}.badge.warn{background:#f08c00}
 .failure{color:#c92a2a;font-weight:600;margin:4px 0}.warning{color:#e67700;margin:2px 0}.ok-text{color:#2f9e44}
 .cards{display:flex;gap:14px;flex-wrap:wrap}.card{border:1px solid #dee2e6;border-radius:8px;padding:10px 14px;flex:1;min-width:300px}
-table{border-collapse:collapse;font-size:12.5px}td,th{padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:12.5px}td,th{padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 table.kv th{font-weight:normal;color:#495057}td.num{font-variant-numeric:tabular-nums}
 table.filterable{width:100%}table.filterable thead th{position:sticky;top:0;background:#f1f3f5;border-bottom:1px solid #ced4da}
 table.filterable tbody tr:nth-child(even){background:#f8f9fa}
+table.profile td:nth-child(n+4){white-space:nowrap;overflow-wrap:normal}
 tr.diverges td{background:#fff5f5;color:#c92a2a}tr.first td{background:#ffc9c9;font-weight:600}
 .barcell{width:45%}.bar{height:10px;background:#74c0fc;border-radius:3px}
 .filter{margin:4px 0 6px;padding:3px 6px;width:260px;border:1px solid #ced4da;border-radius:4px}
@@ -241,14 +246,14 @@ svg.chart .grid{stroke:#e9ecef}svg.chart .tick{font-size:10px;fill:#868e96}
 svg.chart polyline{fill:none;stroke-width:1.6}.e64{stroke:#1c7ed6}.e32{stroke:#f59f00}.tol{stroke:#adb5bd;stroke-dasharray:4 3}
 .l64{fill:#1c7ed6}.l32{fill:#f59f00}.ltol{fill:#adb5bd}svg.chart .div{fill:#e03131}
 .controls{margin:6px 0;font-size:13px}.controls button{font-size:12px;padding:2px 8px;margin-right:2px}
-.legend{margin-left:14px}.sw{display:inline-block;width:12px;height:12px;border-radius:3px;margin:0 3px 0 10px;vertical-align:middle;border:1px solid}
+.legend{margin-left:-10px;line-height:2}.sw{display:inline-block;width:12px;height:12px;border-radius:3px;margin:0 3px 0 10px;vertical-align:middle;border:1px solid}
 .sw.changed{background:#ffe8cc;border-color:#e8590c}.sw.refused{background:#fff;border:2px dashed #c92a2a}
 .sw.group{background:#e7f5ff;border-color:#1c7ed6}.sw.diverges{background:#ffc9c9;border-color:#c92a2a}
-.panes{display:flex;gap:12px}.pane{flex:1;min-width:0;border:1px solid #dee2e6;border-radius:8px;padding:8px;max-height:760px;overflow:auto}
-.pane svg text{font:11px ui-monospace,SFMono-Regular,Menlo,monospace;pointer-events:none}
-.pane svg .n rect{fill:#f8f9fa;stroke:#adb5bd}.pane svg .n.changed rect{fill:#ffe8cc;stroke:#e8590c}
+.panes{display:flex;gap:12px}.pane{flex:1;min-width:0;border:1px solid #dee2e6;border-radius:8px;padding:8px;max-height:640px;overflow:auto}
+.pane svg{display:block;margin:0 auto}.pane svg text{font:11px ui-monospace,SFMono-Regular,Menlo,monospace;pointer-events:none}
+.pane svg .n rect{fill:#f8f9fa;stroke:#adb5bd}.pane svg .n.group rect{fill:#e7f5ff;stroke:#1c7ed6}.pane svg .n.changed rect{fill:#ffe8cc;stroke:#e8590c}
 .pane svg .n.refused rect{stroke:#c92a2a;stroke-width:2;stroke-dasharray:4 2}.pane svg .n.diverges rect{fill:#ffc9c9;stroke:#c92a2a;stroke-width:2}
-.pane svg .n.group rect{fill:#e7f5ff;stroke:#1c7ed6}.pane svg .n{cursor:pointer}
+.pane svg .n{cursor:pointer}
 .pane svg path{fill:none;stroke:#909296;stroke-width:1;opacity:.7}.pane svg path.back{stroke-dasharray:3 3}
 .pane svg .badge-c{fill:#e8590c}.pane svg .badge-r{fill:#c92a2a}.pane svg .badge-t{fill:#fff;font-size:10px}
 """
@@ -307,8 +312,10 @@ function draw(g,host){
    draw(g,host);});});
 }
 const G=[[prep(D.before),document.getElementById('g-before')],[prep(D.after),document.getElementById('g-after')]];
-G.forEach(([g])=>{let L=g.maxDepth;for(;L>0;L--){setLevel(g,L);if(visibleCount(g)<=MAXV)break;}setLevel(g,L);});
-G.forEach(([g,h])=>draw(g,h));
+G.forEach(([g])=>{let L=g.maxDepth;for(;L>0;L--){setLevel(g,L);if(visibleCount(g)<=MAXV)break;}setLevel(g,L);
+ g.nodes.filter(n=>n.diverges).forEach(n=>prefixes(n.scope).forEach(p=>g.open.add(p)));});
+G.forEach(([g,h])=>{draw(g,h);const d=h.querySelector('g.diverges');  // show the first divergence
+ if(d)h.parentElement.scrollTop=Math.max(0,d.transform.baseVal[0].matrix.f-160);});
 document.querySelectorAll('.controls button').forEach(btn=>btn.addEventListener('click',()=>{
  G.forEach(([g,h])=>{const a=btn.dataset.act;setLevel(g,a==='all'?g.maxDepth:Math.max(0,Math.min(g.maxDepth,g.level+(a==='more'?1:-1))));draw(g,h);});}));
 })();

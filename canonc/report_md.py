@@ -37,7 +37,7 @@ def to_markdown(report: Report) -> str:
         ["original's own fp32 error", fmt_err(report.reference_fp32_error)],
     ]
     rows += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", fmt_err(v) if isinstance(v, float) else v]
-             for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, [])]
+             for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, []) and d.get("onnx_path")]
     rows += [
         ["parameters", f"{fmt_count(report.params_before)} → {fmt_count(report.params_after)}"],
         ["FLOPs", f"{fmt_count(report.flops_before)} → {fmt_count(report.flops_after)}"],
