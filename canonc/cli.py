@@ -15,6 +15,7 @@ import torch
 from .codegen import atomic_write, emit_dir, save_module
 from .core import STRATEGIES, canonize
 from .errors import CanoncError, InputError, VerificationError
+from .invariance import invariance
 from .load import load, parse_shape
 from .onnx_export import build_onnx, write_onnx
 from .report_formats import check_report_path, render, wants_profile
@@ -61,7 +62,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if not args.output and not args.emit_dir and not args.onnx:
         raise InputError("no output given; pass -o canon.pt (and/or --emit-dir DIR, --onnx canon.onnx)")
     inputs = _inputs_of(args)
-    for out in (args.output, args.report, args.onnx):
+    emitted = [Path(args.emit_dir) / name for name in ("model.py", "weights.safetensors")] if args.emit_dir else []
+    for out in (args.output, args.report, args.onnx, *emitted):
         if out and Path(out).resolve() in inputs:
             raise InputError(f"output path {out} is an input file; canonc never overwrites its input, choose another path")
     if args.report:
@@ -117,10 +119,42 @@ def run_canonize(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_invariance_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``canonc invariance A B``."""
+    p = argparse.ArgumentParser(
+        prog="canonc invariance",
+        description="Explain two implementations of one function (EpsilonPlusFlat, fp64) before and after "
+                    "canonizing both, and print how much their explanations differ.",
+    )
+    p.add_argument("model_a", help="first model source (same forms as 'canonc MODEL')")
+    p.add_argument("model_b", help="second model source, computing the same function")
+    p.add_argument("--input-shape", help="input shape, e.g. 1,3,64,64 (default: model A's own)")
+    p.add_argument("--target", type=int, help="output index to explain (default: model A's top class)")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="canonization strategy for both models")
+    p.add_argument("--no-bias-map", action="store_true", help="as for 'canonc MODEL'")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling full models (runs code from the file)")
+    return p
+
+
+def run_invariance(args: argparse.Namespace) -> int:
+    """Load both models, measure the explanation difference before and after canonization, print it."""
+    a = load(args.model_a, trust_pickle=args.trust_pickle)
+    b = load(args.model_b, trust_pickle=args.trust_pickle)
+    shape = parse_shape(args.input_shape) if args.input_shape else a.input_shape
+    if shape is None:
+        raise InputError(f"cannot tell the input shape of {a.name}; pass --input-shape N,C,H,W")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    result = invariance(a.model, b.model, x, target=args.target, strategy=args.strategy,
+                        options={"bias_map": not args.no_bias_map})
+    print(result.summary())
+    return 0
+
+
 # Subcommands: name → (parser builder, runner). ``canonc NAME ...`` dispatches here;
 # anything else is the default ``canonc MODEL -o OUT`` command.
 SUBCOMMANDS: dict[str, tuple] = {}
 SUBCOMMANDS["explain"] = (build_explain_parser, run_explain)
+SUBCOMMANDS["invariance"] = (build_invariance_parser, run_invariance)
 
 
 def main(argv: list[str] | None = None) -> int:

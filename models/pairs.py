@@ -50,3 +50,36 @@ def vgg16_bn_split_pair(seed: int = 0, layer: str = "features.10",
     torch.manual_seed(seed)
     model = randomize_bn(torchvision.models.vgg16_bn(weights=None), seed=seed, input_shape=input_shape)
     return model, split_conv(model, layer).eval()
+
+
+def densenet_prefolded_pair(name: str = "densenet121", seed: int = 0,
+                            input_shape: tuple[int, ...] = (2, 3, 32, 32)) -> tuple[nn.Module, nn.Module]:
+    """torchvision DenseNet (randomized, calibrated BN) and a copy with every ``norm2`` folded into ``conv1`` by hand.
+
+    ``conv1 → norm2`` is ``s·conv1(x) + t`` per channel: the copy's ``conv1`` gets weights
+    ``s[o]·W[o]`` and bias ``t``, and ``norm2`` becomes the identity.
+
+    Returns
+    -------
+    original, prefolded
+        Both in eval mode and float64 (folding in float32 would change the function by ~1e-6).
+    """
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = randomize_bn(torchvision.models.get_model(name, weights=None), seed=seed, input_shape=input_shape)
+    model = model.double()
+    folded = copy.deepcopy(model)
+    for layer in folded.modules():
+        if not (hasattr(layer, "conv1") and hasattr(layer, "norm2")):
+            continue
+        bn, conv = layer.norm2, layer.conv1
+        s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        t = bn.bias.detach() - bn.running_mean * s
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True,
+                        dtype=torch.float64)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight * s.reshape(-1, 1, 1, 1))
+            new.bias.copy_(t)
+        layer.conv1, layer.norm2 = new, nn.Identity()
+    return model, folded.eval()
