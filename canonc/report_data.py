@@ -59,5 +59,5 @@ def annotate(
         )
     report.matched_nodes = {o.name: c.name for c, o in pairs.items() if c.op != "output"}
     refused = {e["node"] for e in report.skipped} - {e["node"] for e in report.rewrites}  # still refused at the end
-    report.graph_before = graph_data(orig, canon64, refused)
+    report.graph_before = graph_data(orig, canon64, refused, first.original if first else "")
     report.graph_after = graph_data(canon64, orig, refused, first.node if first else "")
