@@ -240,7 +240,8 @@ def bn_actions(ctx: PassContext, gm: fx.GraphModule) -> dict[str, str]:
             for name in ctx.state.get("bn_nodes", [])}
 
 
-def _annotate_failure(report: Report, model64: nn.Module, gm: fx.GraphModule, inputs, dtype, leaves) -> None:
+def _annotate_failure(report: Report, model64: nn.Module, gm: fx.GraphModule, inputs: list[tuple[torch.Tensor, ...]],
+                      dtype: torch.dtype, leaves: Iterable[str]) -> None:
     """Fill the per-layer profile of a failed gate; a failure here must not hide the gate's."""
     try:
         annotate(report, model64, gm, inputs, dtype, leaves)
