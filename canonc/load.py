@@ -73,7 +73,11 @@ def _factory(path_str: str, fn: str) -> Loaded:
     factory = getattr(module, fn, None)
     if not callable(factory):
         raise InputError(f"{path} has no callable '{fn}'")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{path}:{fn}() raised {type(exc).__name__}: {first}; fix the factory") from exc
     if not isinstance(model, nn.Module):
         raise InputError(f"{path}:{fn}() returned {type(model).__name__}, not a torch.nn.Module")
     shape = getattr(factory, "input_shape", None) or getattr(module, "INPUT_SHAPE", None)
@@ -113,7 +117,8 @@ def _read_tensors(path: Path, trust_pickle: bool) -> object:
             ) from exc
         raise InputError(f"{path} is not a readable PyTorch file ({exc}); re-save it") from exc
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError) as exc:
-        raise InputError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {exc}); re-save it") from exc
+        first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""  # torch adds a paragraph
+        raise InputError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {first}); re-save it") from exc
 
 
 def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor] | None:
@@ -132,7 +137,11 @@ def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor] | None:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
     """Load ``state`` into ``model`` strictly, with one clear line on mismatch."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise InputError(f"{path} does not match --arch {arch}: {detail.rstrip('.')}; pass the architecture it was saved from") from exc
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
         parts = []
