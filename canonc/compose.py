@@ -91,23 +91,28 @@ def _conv_border(first: nn.Module, second: nn.Module, p1: tuple[int, ...], p2: t
     """Padding and padding mode of the composed conv, or a reason why none is exact."""
     if not any(p2):
         return p1, first.padding_mode, ""
-    pointwise = all(k == 1 for k in first.kernel_size) and all(s == 1 for s in first.stride) and not any(p1)
-    if not pointwise:
+    if not all(k == 1 for k in first.kernel_size) or any(p1):
         return (), "", (f"the second conv pads (padding {p2}) the output of a {tuple(first.kernel_size)} conv with "
-                        f"stride {tuple(first.stride)}, padding {p1}: the composed kernel would see other values at the border")
+                        f"padding {p1}: the composed kernel would see other values at the border")
+    strided = any(s != 1 for s in first.stride)
+    if strided and second.padding_mode != "zeros":
+        return (), "", (f"the second conv pads with '{second.padding_mode}' after a strided 1×1 conv: "
+                        "padding the subsampled values is not padding the input")
     if second.padding_mode == "zeros" and first.bias is not None and first.bias.detach().abs().max() > 0:
         return (), "", ("the second conv zero-pads the first conv's output, whose bias is not zero: "
                         "the composed conv would differ at the border (a bias map would be needed)")
-    return p2, second.padding_mode, ""
+    # a 1x1 conv without bias maps zeros to zeros: padding its output is padding its input (stride apart)
+    return tuple(p * s for p, s in zip(p2, first.stride)), second.padding_mode, ""
 
 
 def compose_conv(first: nn.Module, second: nn.Module) -> tuple[nn.Module | None, str]:
     """One conv computing ``second(first(x))``, or ``(None, reason)`` when that is not exact.
 
-    Exact when the second conv does not pad, or when the first is a pointwise conv
-    (1×1, stride 1, no padding) whose bias is zero or whose consumer pads by copying
-    values (reflect / replicate / circular). The composed conv keeps the largest group
-    count the two group structures allow.
+    Exact when the second conv does not pad, or when the first is a 1×1 conv without
+    padding whose bias is zero (zero padding of its output is zero padding of its input,
+    scaled by its stride) or, at stride 1, whose consumer pads by copying values
+    (reflect / replicate / circular). The composed conv keeps the largest group count
+    the two group structures allow.
     """
     if type(first) is not type(second) or not isinstance(first, CONV_TYPES):
         return None, f"cannot compose a {type(first).__name__} with a {type(second).__name__}"
