@@ -9,13 +9,40 @@ and lists the modules a composite would silently leave to the plain gradient
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
-from zennit.core import Composite, Hook, stabilize
+from zennit.core import Composite, Hook, Identity, stabilize
 from zennit.rules import Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
 from .. import nn as cnn
+
+
+class ActivationPass(Pass):
+    """zennit's ``Pass`` (relevance passes through unchanged) without the defensive input copy.
+
+    zennit copies every hooked module's input in case the module writes into it; a
+    canonized model has no in-place ops (a module flagged ``inplace`` still gets the
+    copy), so the copy of every activation's input is skipped.
+    """
+
+    def pre_forward(self, module: nn.Module, input: tuple) -> torch.Tensor | tuple:
+        """Route the input through an identity whose gradient hook applies this rule."""
+        if getattr(module, "inplace", False) or not input[0].requires_grad:
+            return super().pre_forward(module, input)
+        hook_ref = weakref.ref(self)
+
+        def wrapper(grad_input: tuple, grad_output: tuple) -> tuple | None:
+            hook = hook_ref()
+            if hook is not None and hook.active:
+                return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
+            return None
+
+        post_input = Identity.apply(*input)
+        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
+        return post_input[0] if len(post_input) == 1 else post_input
 
 
 class SignalOnly(Hook):
@@ -88,7 +115,7 @@ def canon_layer_map(stabilizer: float = 1e-6) -> list[tuple[tuple[type, ...], Ho
         ((cnn.Gate,), SignalOnly()),
         ((cnn.Mul,), SplitEven()),
         ((cnn.BiasMap,), AbsorbBias(stabilizer)),
-        ((Activation,), Pass()),
+        ((Activation,), ActivationPass()),
         ((cnn.Sum,), Norm(stabilizer=stabilizer)),
         ((AvgPool, cnn.Mean), Norm(stabilizer=stabilizer)),
     ]
