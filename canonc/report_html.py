@@ -36,6 +36,17 @@ def fmt_count(value: int | None) -> str:
     return str(value)
 
 
+def fmt_value(value: object) -> str:
+    """A report value for a summary row: errors as ``1.23e-14``, counts as ``Conv ×20, Relu ×17``."""
+    if isinstance(value, float):
+        return fmt_err(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} ×{v}" for k, v in value.items())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def status_of(report: Report) -> tuple[str, str]:
     """(CSS class, text) of the verification status."""
     if report.verified:
@@ -73,7 +84,7 @@ def summary_html(report: Report) -> str:
         ["fp32 artifact error", fmt_err(report.max_abs_error_fp32)],
         ["original's own fp32 error", fmt_err(report.reference_fp32_error)],
     ]
-    eq += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", esc(fmt_err(v) if isinstance(v, float) else v)]
+    eq += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", esc(fmt_value(v))]
            for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, []) and d.get("onnx_path")]
     size = [
         ["parameters", _change(report.params_before, report.params_after or None)],  # 0: no artifact was built

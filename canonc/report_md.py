@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .report import Report
-from .report_html import fmt_count, fmt_err, status_of
+from .report_html import fmt_count, fmt_err, fmt_value, status_of
 
 
 def _cell(value: object) -> str:
@@ -36,7 +36,7 @@ def to_markdown(report: Report) -> str:
         ["fp32 artifact error", fmt_err(report.max_abs_error_fp32)],
         ["original's own fp32 error", fmt_err(report.reference_fp32_error)],
     ]
-    rows += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", fmt_err(v) if isinstance(v, float) else v]
+    rows += [[f"ONNX Runtime {k.removeprefix('onnx_').replace('_', ' ')}", fmt_value(v)]
              for k, v in d.items() if k.startswith("onnx_") and v not in (None, "", {}, []) and d.get("onnx_path")]
     rows += [
         ["parameters", f"{fmt_count(report.params_before)} → {fmt_count(report.params_after)}"],
