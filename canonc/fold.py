@@ -113,11 +113,10 @@ def fold_in(module: nn.Module, s: torch.Tensor, t: torch.Tensor) -> tuple[nn.Mod
             bmap.kernel.copy_(kernel)
     else:
         g = new.groups
-        per_out = w.shape[0] // g
-        sw = s.reshape(g, -1).repeat_interleave(per_out, dim=0)
-        tw = t.reshape(g, -1).repeat_interleave(per_out, dim=0)
-        w2 = w * sw.reshape(sw.shape + spatial)
-        kernel = (w * tw.reshape(tw.shape + spatial)).sum(dim=1, keepdim=True)
+        wg = w.reshape((g, w.shape[0] // g) + tuple(w.shape[1:]))
+        w2 = (wg * s.reshape((g, 1, -1) + spatial)).reshape(w.shape)
+        flat = wg.reshape(wg.shape[:3] + (-1,))
+        kernel = torch.matmul(t.reshape(g, 1, 1, -1), flat).reshape((w.shape[0], 1) + tuple(w.shape[2:]))
         interior = kernel.flatten(1).sum(dim=1)
         bias = bias + interior
         if zero_padded(new) and kernel.abs().max() > 0:

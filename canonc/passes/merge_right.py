@@ -169,7 +169,8 @@ def plan(gm: fx.GraphModule, start: fx.Node, s: torch.Tensor, t: torch.Tensor, b
         return [], why
     folds = []
     for node, repeat in found:
-        new, bmap = fold_in(gm.get_submodule(node.target), s.repeat_interleave(repeat), t.repeat_interleave(repeat))
+        s_in, t_in = (s, t) if repeat == 1 else (s.repeat_interleave(repeat), t.repeat_interleave(repeat))
+        new, bmap = fold_in(gm.get_submodule(node.target), s_in, t_in)
         folds.append(Fold(node, new, bmap))
     return folds, ""
 
