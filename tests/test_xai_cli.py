@@ -85,3 +85,16 @@ def test_missing_image_exit_2(files: Path, capsys):
     assert main(["explain", f"{files}/small.py:make", "--image", str(files / "nope.png"), "-o",
                  str(files / "h.png")]) == 2
     assert "no such image" in capsys.readouterr().err
+
+
+def test_saved_canonical_model_is_explained_as_is(files: Path, capsys):
+    canon = files / "canon.pt"
+    assert main([f"{files}/small.py:make", "-o", str(canon), "--quiet"]) == 0
+    capsys.readouterr()
+    base = ["explain", str(canon), "--trust-pickle", "--input-shape", "1,3,16,12",
+            "--image", str(files / "imgs" / "a.png"), "-o", str(files / "h.png")]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "VERIFIED" not in out and "wrote" in out  # not canonized again
+    assert main([*base, "--compare-uncanonized"]) == 2
+    assert "already canonical" in capsys.readouterr().err

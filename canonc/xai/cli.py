@@ -136,8 +136,13 @@ def run_explain(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     except RuntimeError as exc:
         raise InputError(f"--device {args.device}: not a device; use cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     original = loaded.model.eval()
     if is_canonical(original):
+        if args.compare_uncanonized:
+            raise InputError(f"{loaded.name} is already canonical: there is no uncanonized model to compare; "
+                             "drop --compare-uncanonized or pass the original model")
         canonical = original
     else:
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=model_dtype(original))
