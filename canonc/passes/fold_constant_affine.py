@@ -89,8 +89,8 @@ def _per_axis(c: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, in
     return c.reshape(-1).double(), varying[0]
 
 
-def const_op(gm: fx.GraphModule, node: fx.Node) -> ConstOp | None:
-    """The per-channel affine map ``node`` applies to its one data operand, if it is one."""
+def _operands(gm: fx.GraphModule, node: fx.Node) -> tuple[str, fx.Node, torch.Tensor, bool] | None:
+    """``(kind, x, c, c_first)`` when ``node`` is ``x ∘ c`` for a data tensor ``x`` and a constant ``c``."""
     if node.op == "call_function":
         kind = _FUNCS.get(node.target) if not isinstance(node.target, str) else None
     elif node.op == "call_method":
@@ -104,8 +104,19 @@ def const_op(gm: fx.GraphModule, node: fx.Node) -> ConstOp | None:
     if (ca is None) == (cb is None):
         return None
     x, c, const_first = (b, ca, True) if ca is not None else (a, cb, False)
-    shape = shape_of(x) if isinstance(x, fx.Node) else None
-    if shape is None or len(shape) < 2 or shape_of(node) != shape:
+    if not isinstance(x, fx.Node) or shape_of(x) is None:
+        return None
+    return kind, x, c, const_first
+
+
+def const_op(gm: fx.GraphModule, node: fx.Node) -> ConstOp | None:
+    """The per-channel affine map ``node`` applies to its one data operand, if it is one."""
+    operands = _operands(gm, node)
+    if operands is None:
+        return None
+    kind, x, c, const_first = operands
+    shape = shape_of(x)
+    if len(shape) < 2 or shape_of(node) != shape:
         return None
     vec = _per_axis(c, shape)
     if vec is None:
@@ -120,6 +131,17 @@ def const_op(gm: fx.GraphModule, node: fx.Node) -> ConstOp | None:
     if const_first or (c == 0).any():
         return None
     return ConstOp(x, 1.0 / c, torch.zeros_like(c), axis)
+
+
+def _not_per_channel(node: fx.Node, kind: str, x: fx.Node, c: torch.Tensor, const_first: bool) -> str:
+    """Why ``x ∘ c`` is not a per-channel scale or shift of ``x``."""
+    if kind == "div" and const_first:
+        return "it divides a constant by the data: not affine"
+    if shape_of(node) != shape_of(x) or len(shape_of(x)) < 2:
+        return f"the constant broadcasts {x.name} from {shape_of(x)} to {shape_of(node)}"
+    if kind == "div":
+        return "it divides by a constant that has zeros"
+    return f"the constant (shape {tuple(c.shape)}) varies along several axes or the batch axis (e.g. a position embedding)"
 
 
 def _axis_up(node: fx.Node, axis: int | None) -> int | None | str:
@@ -270,6 +292,9 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
     for node in list(gm.graph.nodes):
         op = const_op(gm, node)
         if op is None:
+            operands = _operands(gm, node)
+            if operands is not None:
+                ctx.skip(RULE, node.name, _not_per_channel(node, *operands))
             continue
         producer, layer, why = _fold_left(gm, node, op)
         if producer is None:
