@@ -116,12 +116,15 @@ def clone_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module | None = N
 
 
 def replace_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
-    """Make ``node`` call ``module`` under its own name, cloning the name if it is shared.
+    """Make ``node`` call ``module`` under its own name, cloning the name if it is shared
+    (called elsewhere, or its tensors read by ``get_attr`` nodes).
 
     The previous module object is left untouched (it may be shared with the user's model).
     """
-    shared = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) > 1
-    if shared:
+    calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target)
+    # ``F.conv2d(x, self.conv.weight)`` elsewhere reads the old weights through get_attr
+    read = any(n.op == "get_attr" and n.target.startswith(node.target + ".") for n in gm.graph.nodes)
+    if calls > 1 or read:
         clone_module(gm, node, module)
     else:
         set_module(gm, node.target, module)

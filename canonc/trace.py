@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from . import nn as cnn
 from .errors import RefusedError
+from .graph import is_meta_user
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -186,12 +187,47 @@ def _aliases(node: fx.Node, root: nn.Module) -> set[fx.Node]:
     return seen
 
 
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute", "t",
+                 "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "unfold", "movedim", "swapaxes",
+                 "swapdims", "diagonal", "as_strided", "contiguous", "chunk", "split", "unbind", "detach", "__getitem__"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+                   torch.narrow, torch.select, torch.movedim, torch.chunk, torch.split, torch.unbind, torch.t,
+                   torch.swapaxes, torch.diagonal, torch.detach, operator.getitem}
+
+
+def _is_view(node: fx.Node, root: nn.Module) -> bool:
+    """True when ``node`` may return a view sharing storage with its first argument."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), (nn.Flatten, nn.Unflatten))
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    return node.op == "call_function" and node.target in _VIEW_FUNCTIONS
+
+
+def _storage_group(node: fx.Node, root: nn.Module) -> set[fx.Node]:
+    """Nodes that may share storage with ``node``: joined by views and ops that return their input."""
+    seen, stack = {node}, [node]
+    while stack:
+        cur = stack.pop()
+        joined = _is_view(cur, root) or _returns_input(cur, root)
+        near = [cur.args[0]] if joined else []
+        near += [u for u in cur.users if (_is_view(u, root) or _returns_input(u, root)) and u.args[0] is cur]
+        for other in near:
+            if other not in seen:
+                seen.add(other)
+                stack.append(other)
+    return seen
+
+
 def resolve_inplace(gm: fx.GraphModule) -> None:
     """Make in-place ops explicit in the dataflow (after shape propagation).
 
     After ``y = relu_(x)`` or ``x += z`` the tensor ``x`` (and every alias of it made by
     Identity / eval-mode Dropout) holds ``y``; users that run later read ``y`` instead, so
     the passes may turn the op out-of-place without changing what those users see.
+    A write into a *view* of a tensor that is read later is refused (``RefusedError``).
     """
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in list(gm.graph.nodes):
@@ -206,6 +242,12 @@ def resolve_inplace(gm: fx.GraphModule) -> None:
             for user in list(alias.users):
                 if user is not node and order[user] > order[node]:
                     user.replace_input_with(alias, node)
+        for other in _storage_group(target, gm):
+            late = [u for u in other.users if order[u] > order[node] and u is not node and not is_meta_user(u)]
+            if order[other] < order[node] and late:
+                raise RefusedError(
+                    f"'{node.name}' writes in place into a view of '{other.name}', which '{late[0].name}' reads "
+                    "afterwards; canonc cannot follow that aliasing: make the op out-of-place (inplace=False)")
     gm.recompile()
 
 

@@ -298,3 +298,39 @@ def test_in_place_writes_keep_their_meaning(wild_bn):
     result, err = _canon(model, (1, 3, 8, 8))
     assert err <= 1e-9 and result.report.verified and result.report.bn_after == 0
     assert not any(getattr(m, "inplace", False) for m in result.module.modules())
+
+
+class WeightsReadFunctionally(nn.Module):
+    """``conv`` is called as a module (then BN) and its weights are also used by ``F.conv2d``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + F.conv2d(x, self.conv.weight, self.conv.bias)
+
+
+def test_merge_keeps_weights_read_by_functional_calls(wild_bn):
+    model = wild_bn(WeightsReadFunctionally()).double()
+    result, err = _canon(model, (1, 3, 8, 8))
+    assert err <= 1e-9 and result.report.bn_after == 0
+    assert torch.equal(result.module.conv.weight, model.conv.weight)  # what F.conv2d reads
+    assert not torch.equal(result.module.conv_1.weight, model.conv.weight)  # the merged clone
+
+
+class WriteIntoView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        flat = self.relu(x.flatten(1))  # writes into x through the view
+        return flat.sum(1) + self.conv(x).sum((1, 2, 3))
+
+
+def test_in_place_write_into_a_view_read_later_is_refused():
+    with pytest.raises(RefusedError, match="writes in place into a view of 'x'.*inplace=False"):
+        canonize(WriteIntoView().eval(), torch.randn(1, 3, 4, 4))
