@@ -31,7 +31,14 @@ class Sum(_SumBase):
         self.dim = -1
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        return torch.sum(stacked, dim=-1)
+        if torch.onnx.is_in_onnx_export():  # one ReduceSum node per residual in the ONNX graph
+            return torch.sum(stacked, dim=self.dim)
+        # Eager: unbind + add. torch.sum over a length-2 axis is a slow reduction kernel
+        # (canonized resnet50 forward 1.34x fx-fused with it, 1.11x with this).
+        total, *rest = stacked.unbind(self.dim)
+        for part in rest:
+            total = total + part
+        return total
 
 
 class Concat(nn.Module):
