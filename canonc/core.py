@@ -105,8 +105,12 @@ def _locate_failure(model64: nn.Module, example64, options, leaves, n_rewrites: 
 
     def bad(k: int) -> bool:
         gm, _ = build(model64, example64, options, leaves, budget=k)
-        ys = outputs(gm, x)
-        return any((a - b).abs().max().item() > tol or not torch.isfinite(a).all() for a, b in zip(ys, ref))
+        try:
+            ys = outputs(gm, x)
+        except Exception:  # noqa: BLE001 - a rewrite that breaks the forward is a bad one
+            return True
+        return len(ys) != len(ref) or any(
+            a.shape != b.shape or (a - b).abs().max().item() > tol or not torch.isfinite(a).all() for a, b in zip(ys, ref))
 
     if bad(0):
         return "the traced graph alone differs from the model (non-deterministic or untraceable control flow)"

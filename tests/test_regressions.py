@@ -16,7 +16,7 @@ from torch import nn
 
 from canonc import canonize
 from canonc import nn as cnn
-from canonc.errors import RefusedError
+from canonc.errors import RefusedError, VerificationError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -334,3 +334,20 @@ class WriteIntoView(nn.Module):
 def test_in_place_write_into_a_view_read_later_is_refused():
     with pytest.raises(RefusedError, match="writes in place into a view of 'x'.*inplace=False"):
         canonize(WriteIntoView().eval(), torch.randn(1, 3, 4, 4))
+
+
+def test_a_rewrite_that_breaks_the_forward_fails_the_gate(wild_bn, monkeypatch):
+    """A pass bug that makes the canonical forward raise is a verification failure naming the pass."""
+    from canonc.passes import merge_left
+
+    monkeypatch.setattr(merge_left, "fold_out", lambda layer, s, t: nn.Conv2d(7, 4, 1).double())
+    model = wild_bn(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))).double()
+    with pytest.raises(VerificationError, match="pass 'merge-left' broke equivalence at node '_1'"):
+        canonize(model, torch.randn(1, 3, 4, 4, dtype=torch.float64))
+
+
+def test_batch_dependent_model_is_checked_at_the_batches_it_takes():
+    """``x.mean(2)`` then Conv1d: batch 1 is read as an unbatched (C, L) input; batch 3 fails in torch itself."""
+    model = nn.Sequential(cnn.Mean((2,)), nn.Conv1d(1, 2, 1)).double().eval()
+    result = canonize(model, torch.randn(1, 1, 6, dtype=torch.float64))
+    assert result.report.verified and [s[0][0] for s in result.report.check_inputs] == [1, 1]
