@@ -156,16 +156,15 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
         why = _candidate(first, pooling)
         if why is None:
             continue
-        pooled = linear_base(first) is None
-        if not why and pooled and not isinstance(second, nn.Linear):
-            continue
+        if linear_base(first) is None and not isinstance(second, nn.Linear):
+            continue  # pooling folds only into a Linear
         why = why or _private(first_node, path, node)
         new, flat, why = (None, False, why) if why else _plan(gm, first_node, path, node, growth)
         if new is None:
             ctx.skip(RULE, node.name, f"{first_node.target} → {node.target}: {why}")
             continue
         kept = node if flat else first_node
-        if not ctx.apply(RULE, node.name, f"{first_node.target} ∘ {node.target} → {kept.target}"):
+        if not ctx.apply(RULE, node.name, f"{first_node.target} → {node.target} fused into {kept.target}"):
             continue
         if flat:
             with gm.graph.inserting_before(node):
