@@ -189,14 +189,14 @@ def verify_ort(model: onnx.ModelProto, module: nn.Module, example: tuple[torch.T
     sess = session(model)
     ref_sess = session(reference) if reference is not None else None
     ref_batch = _fixed_batch(ref_sess) if ref_sess is not None else None
-    worst, worst_ref, worst_tol = 0.0, None, 0.0
+    worst, worst_ref, worst_tol, worst_mag = 0.0, None, 0.0, 0.0
     for i, batch in enumerate(CHECK_BATCHES if ref_batch is None else sorted({*CHECK_BATCHES, ref_batch})):
         x = _batched(example, batch, seed=seed + 10 + i)
         y_ort = run_session(sess, x)
         y32 = [t.numpy() for t in outputs(module32, x)]
         err32, mag = _max_err(y32, [t.numpy() for t in outputs(module64, tuple(t.double() for t in x))])
         tol = max(ONNX_TOL * (1.0 + mag), COND_FACTOR * err32)
-        worst_tol = max(worst_tol, tol)
+        worst_tol, worst_mag = max(worst_tol, tol), max(worst_mag, mag)
         err, _ = _max_err(y_ort, y32)
         if not err <= tol:
             raise VerificationError(
@@ -216,6 +216,7 @@ def verify_ort(model: onnx.ModelProto, module: nn.Module, example: tuple[torch.T
         "onnx_max_abs_error": worst,
         "onnx_reference_error": worst_ref,
         "onnx_tolerance": worst_tol,
+        "onnx_output_max": worst_mag,
         "onnx_provider": sess.get_providers()[0],
     }
 
@@ -269,7 +270,8 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Ten
     -------
     dict
         Report entries: ``onnx_path``, ``onnx_opset``, ``onnx_op_counts``, ``onnx_max_abs_error``,
-        ``onnx_reference_error``, ``onnx_provider``, ``onnx_exporter``, ``onnx_verified``.
+        ``onnx_reference_error``, ``onnx_tolerance``, ``onnx_output_max``, ``onnx_provider``, ``onnx_exporter``,
+        ``onnx_verified``.
     """
     data, info = build_onnx(module, example_input, opset=opset, exporter=exporter, optimize=optimize,
                             reference=reference)

@@ -340,7 +340,7 @@ def _conv(b: Importer, a: dict) -> Value:
     if pads[:nd] != pads[nd:]:
         torch_pads = [p for d in reversed(range(nd)) for p in (pads[d], pads[nd + d])]
         pad_cls = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[nd - 1]
-        x = b.module(pad_cls(tuple(torch_pads), 0.0), x, b.weight_stem(1) + "_pad")
+        x = b.module(pad_cls(tuple(torch_pads), 0.0), x, (b.weight_stem(1) or "conv") + "_pad")
     return b.module(conv, x, b.weight_stem(1))
 
 
@@ -507,8 +507,9 @@ def _reshape_to(b: Importer, x: Value, out: tuple[torch.Tensor, torch.Tensor]) -
     s0, s1 = list(out[0].shape), list(out[1].shape)
     batch_in = x.ex[0].shape[0] != x.ex[1].shape[0]
     varying = [i for i, (p, q) in enumerate(zip(s0, s1)) if p != q]
-    if batch_in and not varying:
-        raise ValueError(f"the target shape {s0} fixes the batch size; export with a dynamic batch axis")
+    if batch_in and varying != [0]:
+        raise ValueError(f"the target shape {s0} (at batch {x.ex[0].shape[0]}) fixes the batch size or moves the batch "
+                         "axis; export with a dynamic batch axis")
     if len(varying) > 1:
         raise ValueError(f"target shapes {s0} / {s1} vary in more than one axis")
     if varying == [0] and len(s0) == 2 and x.ex[0].dim() >= 2 and s0[1] == math.prod(x.ex[0].shape[1:]):

@@ -38,6 +38,7 @@ class Report:
     onnx_max_abs_error: float | None = None
     onnx_reference_error: float | None = None
     onnx_tolerance: float | None = None
+    onnx_output_max: float | None = None
     onnx_op_counts: dict[str, int] = field(default_factory=dict)
     onnx_verified: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
