@@ -492,3 +492,25 @@ def test_output_path_equal_to_input_path(work, capsys, weights):
     (work / "weights.safetensors").write_bytes(weights["safetensors"].read_bytes())
     _no_output_written(capsys, work, 2, ("weights.safetensors", "input"),
                        "weights.safetensors", "--arch", "net.py:build", "--emit-dir", str(work))
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_writes_are_atomic(tmp_path, error):
+    """A write that dies half-way leaves the old file as it was and no temp file."""
+    from canonc.codegen import atomic_write
+    from canonc.errors import InputError
+
+    target = tmp_path / "canon.pt"
+    target.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"new, but only half")
+        raise error
+
+    with pytest.raises(InputError if isinstance(error, OSError) else KeyboardInterrupt):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canon.pt"]
+    atomic_write(tmp_path / "fresh.pt", lambda tmp: tmp.write_bytes(b"whole"))
+    assert (tmp_path / "fresh.pt").read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canon.pt", "fresh.pt"]
