@@ -183,9 +183,24 @@ def propagate_shapes(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> N
             _MetaProp(gm).run(*[t[:1] for t in example])
 
 
-def is_tensor_node(arg: object) -> bool:
-    """True for an fx Node that carries data (not a constant)."""
-    return isinstance(arg, fx.Node) and arg.op != "get_attr"
+def is_data(arg: object) -> bool:
+    """True for a node carrying a tensor computed from the model input (not a constant).
+
+    A value derived only from parameters or buffers (``gamma.reshape(1, -1, 1, 1)``) is a
+    constant even though it is not a ``get_attr`` node itself.
+    """
+    if not isinstance(arg, fx.Node) or shape_of(arg) is None:
+        return False
+    seen, stack = set(), [arg]
+    while stack:
+        n = stack.pop()
+        if n.op == "placeholder":
+            return True
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return False
 
 
 ADD_OPS: set[Callable] = {operator.add, operator.iadd, torch.add}

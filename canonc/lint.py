@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .graph import BN_TYPES, data_users, get_module, is_call, linear_base, shape_of
+from .graph import BN_TYPES, data_users, get_module, is_call, is_data, linear_base
 from .passes.base import PassContext
 
 _COMBINE = {
@@ -31,10 +31,6 @@ _AFFINE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNo
 _TRUSTED_ROOTS = {"", "torch", "_operator", "operator", "builtins", "math"}
 
 
-def _is_data(arg: object) -> bool:
-    return isinstance(arg, fx.Node) and arg.op != "get_attr" and shape_of(arg) is not None
-
-
 def _combine_items(node: fx.Node) -> list[dict[str, str]]:
     name = None
     if node.op == "call_function":
@@ -44,11 +40,11 @@ def _combine_items(node: fx.Node) -> list[dict[str, str]]:
             name = None
     elif node.op == "call_method":
         name = _METHODS.get(node.target)
-    if name is None or not _is_data(node):
+    if name is None or not is_data(node):
         return []
     flat = [a for a in node.args if isinstance(a, (list, tuple))]
     operands = [a for a in node.args if not isinstance(a, (list, tuple))] + [x for f in flat for x in f]
-    n_data = sum(_is_data(a) for a in operands)
+    n_data = sum(is_data(a) for a in operands)
     if node.target in _FUNCTIONAL_LAYERS:
         return [{"kind": "functional-layer", "node": node.name, "reason": f"functional {name} is not a module; XAI rules cannot attach"}]
     if n_data >= 2:

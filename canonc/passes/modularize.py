@@ -11,18 +11,11 @@ import torch
 from torch import fx, nn
 
 from .. import nn as cnn
-from ..graph import ADD_OPS, CAT_OPS, MUL_OPS, is_call, set_module, shape_of
+from ..graph import ADD_OPS, CAT_OPS, MUL_OPS, is_call, is_data, set_module, shape_of
 from .base import PassContext
 from .lift_functional import module_name
 
 RULE = "modularize"
-
-
-def is_tensor_value(arg: object) -> bool:
-    """True for a node that carries a tensor computed from the input (not a constant)."""
-    if not isinstance(arg, fx.Node) or arg.op == "get_attr":
-        return False
-    return shape_of(arg) is not None
 
 
 def _call_new_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module, args: tuple) -> fx.Node:
@@ -58,7 +51,7 @@ def _gate_order(a: fx.Node, b: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 def _rewrite_add(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
     ops = _binary_operands(node)
-    if ops is None or not all(is_tensor_value(o) for o in ops):
+    if ops is None or not all(is_data(o) for o in ops):
         return
     if not ctx.apply(RULE, node.name, "add → Sum"):
         return
@@ -75,7 +68,7 @@ def _rewrite_add(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
 
 def _rewrite_mul(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
     ops = _binary_operands(node)
-    if ops is None or not all(is_tensor_value(o) for o in ops):
+    if ops is None or not all(is_data(o) for o in ops):
         return
     order = _gate_order(*ops)
     kind, module, args = ("Gate", cnn.Gate(), order) if order else ("Mul", cnn.Mul(), ops)
@@ -89,7 +82,7 @@ def _rewrite_cat(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
         return
-    if not all(is_tensor_value(t) for t in tensors):
+    if not all(is_data(t) for t in tensors):
         return
     if ctx.apply(RULE, node.name, "cat → Concat"):
         new = _call_new_module(gm, node, "cat", cnn.Concat(dim), (list(tensors),))
