@@ -9,7 +9,8 @@ Prints ``name: value`` lines:
 - ``forward_ratio/<strategy>``: forward time of the canonized model over the original's,
   batch 1, ``--side`` px, float32; repetitions interleaved, medians compared
   (target for ``auto``: <= 1.0);
-- ``param_ratio/<strategy>``: parameters of the canonized model over the original's.
+- ``param_ratio/<strategy>``, ``flops_ratio/<strategy>``: parameters and FLOPs of the
+  canonized model over the original's.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
         print(f"canonize_s/{strategy}: {best:.3f}")
         print(f"canonize_cpu_s/{strategy}: {best_cpu:.3f}")
         print(f"param_ratio/{strategy}: {res.report.params_after / res.report.params_before:.3f}")
+        print(f"flops_ratio/{strategy}: {res.report.flops_after / res.report.flops_before:.3f}")
         models[strategy] = res.module
     medians = forward_medians(models, x, args.repeats)
     for strategy in ("auto", "untangle"):
