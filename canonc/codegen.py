@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import math
 import os
+import pickle
 import re
 import tempfile
 import textwrap
@@ -56,7 +57,11 @@ def atomic_write(path: Path, write) -> None:
 
 def save_module(module: nn.Module, path: Path) -> None:
     """``torch.save`` the whole module (a convenience; loading it needs ``weights_only=False``)."""
-    atomic_write(Path(path), lambda tmp: torch.save(module, tmp))
+    try:
+        atomic_write(Path(path), lambda tmp: torch.save(module, tmp))
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:  # a class pickle cannot find by name
+        raise RefusedError(f"cannot save the canonized model with torch.save ({exc}); "
+                           "define its module classes in an importable file") from exc
 
 
 def _literal(value: object) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pickle
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +65,17 @@ def _factory(path_str: str, fn: str) -> Loaded:
     path = Path(path_str)
     if not path.is_file():
         raise InputError(f"no such file: {path}")
-    spec = importlib.util.spec_from_file_location(f"canonc_user_{path.stem}", path)
+    # Registered under the file's own name (when no other module has it) so torch.save can
+    # pickle user classes that stay in the canonical model (opaque leaves): ``net.Gate``.
+    free = path.stem.isidentifier() and path.stem not in sys.modules and importlib.util.find_spec(path.stem) is None
+    name = path.stem if free else f"canonc_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file failed to import
+        del sys.modules[name]
         raise InputError(f"{path} fails to import: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, fn, None)
     if not callable(factory):

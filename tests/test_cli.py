@@ -135,7 +135,8 @@ class Untraceable(nn.Module):
 
 
 def build_untraceable():
-    return Untraceable()
+    torch.manual_seed(0)
+    return Untraceable().eval()
 '''
 
 REPORT_KEYS = {"model", "input_shape", "verified", "max_abs_error_fp64", "max_rel_error_fp64", "max_abs_error_fp32",
@@ -445,6 +446,11 @@ def test_bn_without_running_statistics(work, capsys):
 
 def test_model_that_will_not_trace(work, capsys):
     _refused(capsys, work, 3, ("'gate'", "--leaf gate"), "net.py:build_untraceable")
+    rc, _, err = _cli(capsys, "net.py:build_untraceable", "--leaf", "gate", "-o", "out.pt", "--quiet")  # the advice works
+    assert rc == 0 and err == ""
+    x = torch.randn(1, 3, 12, 12)
+    torch.testing.assert_close(_output(torch.load(work / "out.pt", weights_only=False), x),
+                               _output(_net().build_untraceable(), x))
 
 
 def test_factory_that_fails(work, capsys):
