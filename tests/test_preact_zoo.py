@@ -46,14 +46,17 @@ def test_densenets_auto(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, growth", [("densenet121", 4.7), ("densenet161", 6.0), ("densenet169", 6.0),
-                                          ("densenet201", 6.0)])
-def test_densenets_untangle(name, growth):
+@pytest.mark.parametrize("name", ["densenet121", "densenet161", "densenet169", "densenet201"])
+def test_densenets_untangle(name):
     res = canonize(densenet(name), X32, strategy="untangle")
     exact(res)
-    assert 1.5 < res.report.param_growth <= growth
-    # only the first block's input (after max-pool) has no linear producer: it goes right
-    assert sum(isinstance(m, ThreshReLU) for m in res.module.modules()) <= 7
+    assert 1.5 < res.report.param_growth <= 6.0
+    print(f"{name} untangle: parameters ×{res.report.param_growth:.2f}")
+    # Slices go right (ThreshReLU) only where there is no linear producer (the first block's
+    # input, after max-pool) or where cloning would exceed the 6× parameter budget.
+    why = " ".join(r.get("detail", "") for r in res.report.rewrites) + " ".join(r["reason"] for r in res.report.skipped)
+    if sum(isinstance(m, ThreshReLU) for m in res.module.modules()) > 7:
+        assert "max-param-growth" in why
 
 
 @pytest.mark.slow
