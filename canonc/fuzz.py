@@ -647,7 +647,7 @@ def run(n: int, seed: int = 0, out: Path | None = None, progress: bool = True) -
 
 
 def _reason_key(detail: str) -> str:
-    for key in ("no running statistics", "does not trace", "NaN or Inf"):
+    for key in ("no running statistics", "does not trace", "NaN or Inf", "writes in place into a view"):
         if key in detail:
             return key
     return detail[:80]
