@@ -73,8 +73,12 @@ def _relevance(model: nn.Module, x: torch.Tensor, target: int) -> tuple[float, t
 class _PlainSum(nn.Module):
     """The same function as ``Sum``, but no zennit rule attaches (like a functional add)."""
 
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        return stacked.sum(-1)
+        return stacked.sum(self.dim)
 
 
 def test_epsilon_plus_flat_runs_and_relevance_is_not_doubled(resnet50):
@@ -84,7 +88,7 @@ def test_epsilon_plus_flat_runs_and_relevance_is_not_doubled(resnet50):
     for name, m in canon.named_modules():
         if isinstance(m, cnn.Sum):
             parent, _, leaf = name.rpartition(".")
-            setattr(functional.get_submodule(parent), leaf, _PlainSum())
+            setattr(functional.get_submodule(parent), leaf, _PlainSum(m.dim))
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     target = 7
     out, rel = _relevance(canon, x, target)

@@ -16,6 +16,7 @@ from .base import PassContext
 from .lift_functional import module_name
 
 RULE = "modularize"
+STACK_DIM = 0  # summands stacked on a new leading axis: a block copy (see canonc.nn.Sum)
 
 
 def _call_new_module(gm: fx.GraphModule, node: fx.Node, stem: str, module: nn.Module, args: tuple) -> fx.Node:
@@ -59,10 +60,10 @@ def _rewrite_add(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
     with gm.graph.inserting_before(node):
         if shape_of(a) != shape_of(b):
             pair = gm.graph.call_function(torch.broadcast_tensors, (a, b))
-            stacked = gm.graph.call_function(torch.stack, (pair, -1))
+            stacked = gm.graph.call_function(torch.stack, (pair, STACK_DIM))
         else:
-            stacked = gm.graph.call_function(torch.stack, ([a, b], -1))
-    new = _call_new_module(gm, node, "add", cnn.Sum(), (stacked,))
+            stacked = gm.graph.call_function(torch.stack, ([a, b], STACK_DIM))
+    new = _call_new_module(gm, node, "add", cnn.Sum(STACK_DIM), (stacked,))
     ctx.rewrites[-1].detail = f"add → Sum {new.target}"
 
 
