@@ -85,8 +85,9 @@ def _clone_chain(gm: fx.GraphModule, chain: list[fx.Node], cat: fx.Node, layer: 
     cat.replace_input_with(chain[-1], mapping[chain[-1]])
 
 
-def _param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _clone_size(module: nn.Module) -> int:
+    """Parameters a folded clone of ``module`` adds (its weights, and the bias the fold gives it)."""
+    return sum(p.numel() for p in module.parameters()) + (out_channels(module) if module.bias is None else 0)
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> None:
@@ -124,7 +125,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
                 if not untangle:
                     reasons.append(f"slice {i} producer {chain[0].target} has other users (strategy untangle would clone it)")
                     continue
-                size = _param_count(gm.get_submodule(chain[0].target))
+                size = _clone_size(gm.get_submodule(chain[0].target))
                 if total + grow + size > limit:
                     reasons.append(f"slice {i}: cloning {chain[0].target} would exceed --max-param-growth "
                                    f"{limit / start:g}× ({(total + grow + size) / start:.2f}×)")
