@@ -72,7 +72,7 @@ def commute_step(gm: fx.GraphModule, node: fx.Node, s: torch.Tensor) -> tuple[in
     module = get_module(gm, node)
     what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
     if isinstance(module, _AVG):
-        if module.divisor_override is not None:
+        if getattr(module, "divisor_override", None) is not None:
             return 0, f"{node.target} overrides the divisor"
         if _padding_counts(module):
             return 0, f"{node.target} counts zero padding in its average (count_include_pad=True)"
@@ -103,6 +103,9 @@ def _accepts(gm: fx.GraphModule, user: fx.Node, src: fx.Node, channels: int, rep
         return ""
     if repeat != 1 or layer.in_channels != channels:
         return f"{user.target} has {layer.in_channels} input channels, the BN has {channels}"
+    shape = shape_of(src)
+    if shape is None or len(shape) != len(layer.kernel_size) + 2:
+        return f"{user.target} gets an unbatched input, so its channel axis is not the BN's"
     if isinstance(layer, CONVT_TYPES) and layer.padding_mode != "zeros":
         return f"{user.target} pads with '{layer.padding_mode}'"
     return ""
