@@ -26,6 +26,36 @@ def names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+# Peak bytes per parameter of one canonization: fp32 original, fp64 private copy, fp64
+# rewritten layers, fp32 artifact.
+BYTES_PER_PARAM = 24
+
+
+def param_count(name: str) -> int:
+    """Number of parameters of ``name``, counted on the meta device where its builder allows."""
+    kwargs = next((k for prefix, (_, k) in _SIZES.items() if name.startswith(prefix)), {})
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except NotImplementedError:  # RegNet computes its widths with real tensors
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def memory_shortfall(name: str) -> str:
+    """Why ``name`` cannot be canonized in the memory available now, or ``''`` if it can."""
+    need = param_count(name) * BYTES_PER_PARAM
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        free = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return ""
+    if need <= free:
+        return ""
+    return f"needs ~{need / 2**30:.0f} GiB of memory, {free / 2**30:.0f} GiB available"
+
+
 def input_shape(name: str, batch: int = 1) -> tuple[int, int, int, int]:
     """The small input shape ``name`` is tested at."""
     side = next((s for prefix, (s, _) in _SIZES.items() if name.startswith(prefix)), SMALL)
