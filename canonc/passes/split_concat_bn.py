@@ -63,6 +63,8 @@ def slice_producer(gm: fx.GraphModule, part: fx.Node, s: torch.Tensor) -> tuple[
         if module is not None and linear_base(module) is not None and not isinstance(module, nn.Linear):
             if out_channels(module) != s.numel():
                 return [], f"{cur.target} has {out_channels(module)} channels, the slice {s.numel()}"
+            if len(shape_of(cur) or ()) != len(module.kernel_size) + 2:
+                return [], f"{cur.target} runs unbatched, so its channel axis is not the BN's"
             return chain, ""
         if module is None or not commute_step(gm, cur, s)[0] or not isinstance(cur.args[0], fx.Node):
             return [], f"comes from '{cur.name}', not from a Conv/ConvTranspose"
