@@ -222,6 +222,8 @@ def canonize(
         report.tolerance_fp64 = result.tolerance
         report.reference_fp32_error = result.reference_fp32_error
         report.check_inputs = result.input_shapes
+        report.warnings.extend(result.notes)
+        inputs = [x for x in inputs if [list(t.shape) for t in x] in result.input_shapes]
         if not result.passed:
             with _timer(timings, "locate"):
                 where = _locate_failure(model64, example64, options, leaves, len(ctx.rewrites), inputs[0], result.tolerance)
