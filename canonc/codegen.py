@@ -7,6 +7,7 @@ process with ``model = load(DIR)`` and no pickle. Every write is atomic.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import math
@@ -165,7 +166,10 @@ def python_source(gm: fx.GraphModule, title: str) -> str:
     """The text of a self-contained ``model.py`` for ``gm``."""
     nn_src = inspect.getsource(cnn)
     nn_body = nn_src.split('"""', 2)[2].lstrip("\n")  # drop the docstring, keep the future import first
-    code = gm.graph.python_code(root_module="self")
+    graph = copy.deepcopy(gm.graph)
+    for node in graph.nodes:  # annotations (strings under `from __future__ import annotations`) are not code
+        node.type = None
+    code = graph.python_code(root_module="self")
     header = [f'"""Canonical model emitted by canonc from {title}. Load it with ``load(DIR)``."""', "", nn_body]
     used = {k: v for k, v in code.globals.items() if k not in ("torch", "nn") and re.search(rf"\b{k}\b", code.src)}
     globals_ = [_global_line(k, v) for k, v in sorted(used.items())]
