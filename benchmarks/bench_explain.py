@@ -69,17 +69,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--models", default="resnet50,densenet121", help="comma-separated subset to run")
     args = parser.parse_args()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
     targets = torch.randint(0, 1000, (args.batch,), generator=gen)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", flush=True)
-    ratios = {
-        "resnet50_epsilon_plus_vs_zennit_resnetcanonizer": bench("resnet50", [ResNetCanonizer()], x, targets, args.reps),
-        "densenet121_epsilon_plus_vs_uncanonized": bench("densenet121", [], x, targets, args.reps),
+    cases = {  # model → (ratio name, zennit canonizers on the original)
+        "resnet50": ("resnet50_epsilon_plus_vs_zennit_resnetcanonizer", [ResNetCanonizer()]),
+        "densenet121": ("densenet121_epsilon_plus_vs_uncanonized", []),
     }
-    for key, ratio in ratios.items():
-        print(f"{key}: {ratio:.3f}")
+    for model in args.models.split(","):
+        key, canonizers = cases[model]
+        print(f"{key}: {bench(model, canonizers, x, targets, args.reps):.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from models.zoo import randomize_bn
 
 
 def _capture(module: nn.Module, store: dict, key: str) -> None:
-    """Record the relevance that arrives at ``module``'s output under ``store[key]``."""
+    """Record the relevance that arrives at ``module``'s output under ``store[key]``.
+
+    Register it after the explainer: the rules replace module outputs in the forward pass.
+    """
 
     def hook(_module, _inputs, output):
         output.register_hook(lambda grad: store.setdefault(key, grad))
@@ -93,15 +96,13 @@ def test_gate_sends_all_relevance_to_the_signal():
     torch.manual_seed(0)
     model = _Gated().double().eval()
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
-    gated, signal = {}, {}
-    _capture(model.gate, gated, "R")
-    _capture(model.conv, signal, "R")
-    explain(model, x, [0, 1], "lrp-epsilon", epsilon=1e-12, strict=False)
-    assert torch.equal(gated["R"], signal["R"])  # signal's relevance = the gated output's relevance
-    gate_only = {}
-    _capture(model.gate_conv, gate_only, "R")
-    explain(model, x, [0, 1], "lrp-epsilon", epsilon=1e-12, strict=False)
-    assert gate_only["R"].abs().max() == 0
+    seen: dict = {}
+    with Explainer(model, "lrp-epsilon", strict=False, epsilon=1e-12) as explainer:
+        for key in ("gate", "conv", "gate_conv"):  # after the rules: outputs carry relevance
+            _capture(getattr(model, key), seen, key)
+        explainer(x, [0, 1])
+    assert torch.equal(seen["gate"], seen["conv"])  # signal's relevance = the gated output's relevance
+    assert seen["gate_conv"].abs().max() == 0  # the gate gets none
 
 
 def test_mul_splits_relevance_evenly():
@@ -115,10 +116,11 @@ def test_mul_splits_relevance_evenly():
 
     torch.manual_seed(0)
     model = Product().double().eval()
-    seen = {}
-    for key in ("a", "b", "mul"):
-        _capture(getattr(model, key), seen, key)
-    explain(model, torch.randn(2, 3, dtype=torch.float64), 0, "lrp-epsilon", keep_channels=True)
+    seen: dict = {}
+    with Explainer(model, "lrp-epsilon") as explainer:
+        for key in ("a", "b", "mul"):
+            _capture(getattr(model, key), seen, key)
+        explainer(torch.randn(2, 3, dtype=torch.float64), 0)
     assert torch.allclose(seen["a"], seen["mul"] / 2) and torch.allclose(seen["b"], seen["mul"] / 2)
 
 
@@ -127,9 +129,10 @@ def test_thresh_relu_passes_relevance_through():
     act.tau.copy_(torch.tensor([0.5, -0.5]))
     model = nn.Sequential(act, nn.Flatten(), nn.Linear(2 * 3 * 3, 2)).double().eval()
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    seen = {}
-    _capture(model[0], seen, "out")
-    relevance = explain(model, x, 0, "lrp-epsilon", keep_channels=True)
+    seen: dict = {}
+    with Explainer(model, "lrp-epsilon") as explainer:
+        _capture(model[0], seen, "out")
+        relevance = explainer(x, 0, keep_channels=True)
     clamped = x < torch.tensor([0.5, -0.5], dtype=x.dtype).view(1, 2, 1, 1)
     assert clamped.any()  # clamped units receive relevance at tau and pass it on unchanged
     assert torch.equal(relevance, seen["out"])

@@ -9,40 +9,14 @@ and lists the modules a composite would silently leave to the plain gradient
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
-from zennit.core import Composite, Hook, Identity, stabilize
+from zennit.core import Composite, Hook, stabilize
 from zennit.rules import Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
 from .. import nn as cnn
-
-
-class ActivationPass(Pass):
-    """zennit's ``Pass`` (relevance passes through unchanged) without the defensive input copy.
-
-    zennit copies every hooked module's input in case the module writes into it; a
-    canonized model has no in-place ops (a module flagged ``inplace`` still gets the
-    copy), so the copy of every activation's input is skipped.
-    """
-
-    def pre_forward(self, module: nn.Module, input: tuple) -> torch.Tensor | tuple:
-        """Route the input through an identity whose gradient hook applies this rule."""
-        if getattr(module, "inplace", False) or not input[0].requires_grad:
-            return super().pre_forward(module, input)
-        hook_ref = weakref.ref(self)
-
-        def wrapper(grad_input: tuple, grad_output: tuple) -> tuple | None:
-            hook = hook_ref()
-            if hook is not None and hook.active:
-                return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
-            return None
-
-        post_input = Identity.apply(*input)
-        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
-        return post_input[0] if len(post_input) == 1 else post_input
+from .bridge import bridged
 
 
 class SignalOnly(Hook):
@@ -109,15 +83,18 @@ def canon_layer_map(stabilizer: float = 1e-6) -> list[tuple[tuple[type, ...], Ho
     through; ``Sum``, average pooling and ``Mean`` split it in proportion to each input's
     contribution (zennit's ``Norm``); ``Gate`` sends it to the signal; ``Mul`` halves it.
     ``BiasMap`` absorbs its share of relevance like a bias (:class:`AbsorbBias`).
-    ``Concat`` and max pooling get no rule: their gradient already is the LRP rule.
+    ``Concat`` and max pooling get no rule: their gradient already is the LRP rule. A
+    leftover BatchNorm (an uncanonized model explained with ``strict=False``) is passed
+    through, as zennit's LRP composites do. Single-input rules go through :func:`bridged`.
     """
     return [
         ((cnn.Gate,), SignalOnly()),
         ((cnn.Mul,), SplitEven()),
         ((cnn.BiasMap,), AbsorbBias(stabilizer)),
-        ((Activation,), ActivationPass()),
-        ((cnn.Sum,), Norm(stabilizer=stabilizer)),
-        ((AvgPool, cnn.Mean), Norm(stabilizer=stabilizer)),
+        ((Activation,), bridged(Pass())),
+        ((cnn.Sum,), bridged(Norm(stabilizer=stabilizer))),
+        ((AvgPool, cnn.Mean), bridged(Norm(stabilizer=stabilizer))),
+        ((BatchNorm,), bridged(Pass())),
     ]
 
 

@@ -23,6 +23,7 @@ from zennit.types import Linear
 
 from .. import nn as cnn
 from ..errors import InputError
+from .bridge import bridged
 from .composites import AbsorbBias, canon_layer_map, uncovered
 from .explain import as_targets, model_device_dtype, target_gradient
 
@@ -46,7 +47,7 @@ class _LedgerEpsilon(Epsilon):
         return result
 
     def copy(self) -> _LedgerEpsilon:
-        return _LedgerEpsilon(self.epsilon, self.ledger)
+        return bridged(_LedgerEpsilon(self.epsilon, self.ledger))
 
 
 class _LedgerBiasMap(AbsorbBias):
@@ -112,7 +113,7 @@ def conservation(model: nn.Module, inputs: torch.Tensor, targets: int | Sequence
     """
     ledger: list[torch.Tensor] = []
     rules = [((cnn.BiasMap,), _LedgerBiasMap(epsilon, ledger))] + canon_layer_map(epsilon)
-    composite = LayerMapComposite(layer_map=rules + [((Linear,), _LedgerEpsilon(epsilon, ledger))])
+    composite = LayerMapComposite(layer_map=rules + [((Linear,), bridged(_LedgerEpsilon(epsilon, ledger)))])
     problems = uncovered(model, composite)
     if problems:
         raise InputError(f"relevance is not accounted for at {problems[0]}")

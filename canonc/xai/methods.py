@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonPlus,
-    LayerMapComposite,
-    NameLayerMapComposite,
-)
+from zennit.composites import LayerMapComposite, NameLayerMapComposite
 from zennit.core import Composite
-from zennit.rules import Epsilon, Gamma, ZPlus
-from zennit.types import Linear
+from zennit.rules import AlphaBeta, Epsilon, Gamma, ZPlus
+from zennit.types import Convolution, Linear
 
 from ..errors import InputError
+from .bridge import bridged
 from .composites import canon_layer_map
 from .groups import DEFAULT_GROUPS, layer_groups
 
@@ -64,22 +60,28 @@ class Method:
 
 
 def _eb(model: nn.Module, p: dict) -> Composite:
-    rules = canon_layer_map(p["stabilizer"]) + [((Linear,), ZPlus(stabilizer=p["stabilizer"]))]
-    return LayerMapComposite(layer_map=rules)
+    """zennit's ``ExcitationBackprop``: z+ on every Conv/Linear."""
+    rules = [((Linear,), bridged(ZPlus(stabilizer=p["stabilizer"])))]
+    return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
 def _epsilon(model: nn.Module, p: dict) -> Composite:
-    rules = canon_layer_map(p["stabilizer"]) + [((Linear,), Epsilon(epsilon=p["epsilon"]))]
-    return LayerMapComposite(layer_map=rules)
+    rules = [((Linear,), bridged(Epsilon(epsilon=p["epsilon"])))]
+    return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
 def _epsilon_plus(model: nn.Module, p: dict) -> Composite:
-    return EpsilonPlus(epsilon=p["epsilon"], stabilizer=p["stabilizer"], layer_map=canon_layer_map(p["stabilizer"]))
+    """zennit's ``EpsilonPlus``: z+ on convs, ε on ``nn.Linear``."""
+    rules = [((Convolution,), bridged(ZPlus(stabilizer=p["stabilizer"]))),
+             ((nn.Linear,), bridged(Epsilon(epsilon=p["epsilon"])))]
+    return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
 def _alpha2beta1(model: nn.Module, p: dict) -> Composite:
-    return EpsilonAlpha2Beta1(epsilon=p["epsilon"], stabilizer=p["stabilizer"],
-                              layer_map=canon_layer_map(p["stabilizer"]))
+    """zennit's ``EpsilonAlpha2Beta1``: α2β1 on convs, ε on ``nn.Linear``."""
+    rules = [((Convolution,), bridged(AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]))),
+             ((nn.Linear,), bridged(Epsilon(epsilon=p["epsilon"])))]
+    return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
 def group_gammas(groups: Mapping[str, list[str]], gamma: float | Mapping[str, float],
@@ -96,7 +98,7 @@ def group_gammas(groups: Mapping[str, list[str]], gamma: float | Mapping[str, fl
 def _gamma(model: nn.Module, p: dict) -> Composite:
     groups = layer_groups(model, p["groups"])
     gammas = group_gammas(groups, p["gamma"])
-    name_map = [(names, Gamma(gamma=gammas[g], stabilizer=p["stabilizer"])) for g, names in groups.items()]
+    name_map = [(names, bridged(Gamma(gamma=gammas[g], stabilizer=p["stabilizer"]))) for g, names in groups.items()]
     return NameLayerMapComposite(name_map=name_map, layer_map=canon_layer_map(p["stabilizer"]))
 
 
