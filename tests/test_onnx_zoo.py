@@ -21,7 +21,8 @@ from canonc.errors import RefusedError
 from canonc.onnx_export import op_counts, run_session, session
 from models import torchvision_zoo
 
-FAST = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]
+# efficientnet_b0 (SiLU, squeeze-excitation) takes about a minute on 2 cores: slow, to keep this file near 60 s.
+FAST = ["resnet18", "mobilenet_v3_small", pytest.param("efficientnet_b0", marks=pytest.mark.slow)]
 # ONNX-input models and the side they are exported at (vgg's adaptive pool needs 224 px in the legacy exporter).
 IMPORTED = {"resnet18": 64, "vgg11_bn": 224, "mobilenet_v2": 64, "efficientnet_b0": 64, "densenet121": 64}
 # Randomized efficientnet_b0 at seed 0 is ill-conditioned (its float32 output is 30 % off its float64 one, so no
