@@ -112,6 +112,8 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         f"{len(rows)} torchvision classifiers: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         + (f"; worst fp64 relative error {max(errs):.1e}." if errs else "."),
+        "Random weights, calibrated and randomized BN; canonize = trace + passes, wall clock, one thread "
+        "(the fp64 gate's time is not included).",
         "",
         "| model | input | BN before → after | params before → after | fp64 rel. error | canonize (s) | status | left in graph (lint) |",
         "|---|---|---|---|---|---|---|---|",

