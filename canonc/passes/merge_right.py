@@ -104,7 +104,7 @@ def _accepts(gm: fx.GraphModule, user: fx.Node, src: fx.Node, channels: int, rep
     if repeat != 1 or layer.in_channels != channels:
         return f"{user.target} has {layer.in_channels} input channels, the BN has {channels}"
     shape = shape_of(src)
-    if shape is None or len(shape) != len(layer.kernel_size) + 2:
+    if shape is not None and len(shape) != len(layer.kernel_size) + 2:
         return f"{user.target} gets an unbatched input, so its channel axis is not the BN's"
     if isinstance(layer, CONVT_TYPES) and layer.padding_mode != "zeros":
         return f"{user.target} pads with '{layer.padding_mode}'"
