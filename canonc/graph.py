@@ -121,6 +121,25 @@ def clone_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module | None = N
     return target
 
 
+def clone_chain(gm: fx.GraphModule, chain: list[fx.Node], consumer: fx.Node,
+                layer: nn.Module | None = None) -> dict[fx.Node, fx.Node]:
+    """Give ``consumer`` its own copy of ``chain`` (producer first), modules cloned.
+
+    The copies are inserted before ``consumer``; the first node's copy calls ``layer`` when
+    given. Returns the map from original to copied nodes.
+    """
+    mapping: dict[fx.Node, fx.Node] = {}
+    with gm.graph.inserting_before(consumer):
+        for n in chain:
+            new = gm.graph.node_copy(n, lambda a: mapping.get(a, a))
+            new.meta = dict(n.meta)
+            mapping[n] = new
+            if n.op == "call_module":
+                clone_module(gm, new, layer if n is chain[0] else None)
+    consumer.replace_input_with(chain[-1], mapping[chain[-1]])
+    return mapping
+
+
 def replace_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
     """Make ``node`` call ``module`` under its own name, cloning the name if it is shared
     (called elsewhere, or its tensors read by ``get_attr`` nodes).

@@ -14,7 +14,7 @@ from ..fold import bn_affine, fold_out, out_channels
 from ..graph import (
     BN_TYPES,
     CONVT_TYPES,
-    clone_module,
+    clone_chain,
     data_users,
     get_module,
     linear_base,
@@ -87,15 +87,7 @@ def _private_path(gm: fx.GraphModule, bn_node: fx.Node, producer: fx.Node, path:
     nexts = chain[1:] + [bn_node]
     if all(data_users(n) == [nx] for n, nx in zip(chain, nexts)):
         return producer
-    mapping: dict[fx.Node, fx.Node] = {}
-    with gm.graph.inserting_before(bn_node):
-        for n in chain:
-            copy_ = gm.graph.node_copy(n, lambda a: mapping.get(a, a))
-            copy_.meta = dict(n.meta)
-            mapping[n] = copy_
-    clone_module(gm, mapping[producer])
-    bn_node.replace_input_with(chain[-1], mapping[chain[-1]])
-    return mapping[producer]
+    return clone_chain(gm, chain, bn_node)[producer]
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> None:

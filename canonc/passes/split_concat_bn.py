@@ -18,6 +18,7 @@ from ..fold import affine_bn, bn_affine, fold_out, out_channels
 from ..graph import (
     BN_TYPES,
     CAT_OPS,
+    clone_chain,
     clone_module,
     data_users,
     get_module,
@@ -73,18 +74,6 @@ def slice_producer(gm: fx.GraphModule, part: fx.Node, s: torch.Tensor) -> tuple[
 
 def _private(chain: list[fx.Node], cat: fx.Node) -> bool:
     return all(data_users(n) == [nx] for n, nx in zip(chain, chain[1:] + [cat]))
-
-
-def _clone_chain(gm: fx.GraphModule, chain: list[fx.Node], cat: fx.Node, layer: nn.Module) -> None:
-    """Give ``cat`` its own copy of ``chain``, the producer copy calling ``layer``."""
-    mapping: dict[fx.Node, fx.Node] = {}
-    with gm.graph.inserting_before(cat):
-        for n in chain:
-            new = gm.graph.node_copy(n, lambda a: mapping.get(a, a))
-            new.meta = dict(n.meta)
-            mapping[n] = new
-            clone_module(gm, new, layer if n is chain[0] else None)
-    cat.replace_input_with(chain[-1], mapping[chain[-1]])
 
 
 def _clone_size(module: nn.Module) -> int:
@@ -156,7 +145,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
         for _, sl, chain, clone in merge:
             layer = fold_out(gm.get_submodule(chain[0].target), s[sl], t[sl])
             if clone:
-                _clone_chain(gm, chain, cat, layer)
+                clone_chain(gm, chain, cat, layer)
             else:
                 replace_module(gm, chain[0], layer)
             s_rest[sl], t_rest[sl] = 1.0, 0.0
