@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
@@ -26,9 +28,11 @@ from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlus
 from zennit.torchvision import ResNetCanonizer
 
-import canonc
-from canonc.xai import Explainer
-from models.zoo import randomize_bn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import canonc  # noqa: E402
+from canonc.xai import Explainer  # noqa: E402
+from models.zoo import randomize_bn  # noqa: E402
 
 
 def _model(name: str) -> torch.nn.Module:
