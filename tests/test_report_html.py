@@ -105,7 +105,6 @@ def test_resnet18_html_in_chromium(resnet_report, tmp_path):
     assert "canonical (71 nodes)" not in dom and "original (71 nodes)" in dom
 
 
-@pytest.mark.slow  # ~25 s of CPU for canonize + profile of DenseNet-121 at 32 px
 def test_densenet121_html_in_chromium(densenet_report, tmp_path):
     _check_profile(densenet_report)
     assert len(densenet_report.error_profile) > 100

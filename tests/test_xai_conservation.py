@@ -47,7 +47,6 @@ def test_conservation_with_thresh_relu_and_bias_maps():
     assert conservation(res.module, x, [1, 2], epsilon=1e-20).error < 1e-6
 
 
-@pytest.mark.slow
 def test_conservation_densenet121():
     torch.manual_seed(0)
     model = randomize_bn(torchvision.models.densenet121(), input_shape=(2, 3, 32, 32))

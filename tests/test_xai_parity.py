@@ -65,14 +65,12 @@ def test_parity_resnet18_default_eps():
     assert max(errors.values()) > 1e-8, "zennit 0.5.1's leftover 1/sqrt(1+eps) should be visible"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,family", [("vgg16_bn", "vgg"), ("resnet50", "resnet")])
 def test_parity_acceptance_models(name, family):
     errors = _rel_error(name, family, None)
     assert max(errors.values()) < 1e-3, errors
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,family", [("vgg16_bn", "vgg"), ("resnet50", "resnet")])
 def test_parity_residual_vanishes_with_tiny_bn_eps(name, family):
     errors = _rel_error(name, family, 1e-12)
