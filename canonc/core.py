@@ -205,6 +205,8 @@ def canonize(
     report.lint = lint(gm, ctx)
     report.bn_before, report.bn_after = count_bn(model), count_bn(gm)
     report.params_before = count_params(model)
+    report.params_after = count_params(gm)  # the float64 graph has the artifact's parameters
+    report.param_growth = report.params_after / report.params_before if report.params_before else None
     report.bn_actions = bn_actions(ctx, gm)
     report.flops_before, report.flops_after = ctx.state["flops_start"], count_flops(gm)
     if fatal:
@@ -244,8 +246,6 @@ def canonize(
     if verify and profile:
         with _timer(timings, "profile"):
             annotate(report, model64, gm, inputs, dtype, leaves)
-    report.params_after = count_params(artifact)
-    report.param_growth = report.params_after / report.params_before if report.params_before else None
     report.timings_s = {k: round(v, 4) for k, v in timings.items()}
     return CanonResult(artifact, report)
 
