@@ -44,6 +44,29 @@ _MAX_CH = 12
 _MAX_FLAT = 192
 
 
+def wild_bn_stats(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator, tiny_var: bool = False) -> None:
+    """Draw wild statistics into ``bn`` in place (DESIGN.md §5), from ``gen``.
+
+    ``mean ~ N(0, 1)``, ``var ~ LogUniform(1e-2, 10)`` (about 5 % exactly 1e-6 with
+    ``tiny_var``), ``gamma ~ U(0.2, 2)`` with random signs and about 10 % exact zeros,
+    ``beta ~ N(0, 0.5)``.
+    """
+    n = bn.num_features
+    with torch.no_grad():
+        if bn.track_running_stats:
+            bn.running_mean.copy_(torch.randn(n, generator=gen))
+            var = torch.exp(torch.empty(n).uniform_(-4.6, 2.3, generator=gen))
+            if tiny_var:
+                var[torch.rand(n, generator=gen) < 0.05] = 1e-6
+            bn.running_var.copy_(var)
+        if bn.affine:
+            gamma = torch.empty(n).uniform_(0.2, 2.0, generator=gen)
+            gamma *= torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+            gamma[torch.rand(n, generator=gen) < 0.1] = 0.0
+            bn.weight.copy_(gamma)
+            bn.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+
+
 def randomize(model: nn.Module, seed: int) -> None:
     """Deterministic weights and wild BatchNorm statistics, seeded per module name.
 
@@ -56,18 +79,7 @@ def randomize(model: nn.Module, seed: int) -> None:
         for name, module in model.named_children():
             gen = torch.Generator().manual_seed(seed * 1000 + int(name[1:]))
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                if module.track_running_stats:
-                    module.running_mean.copy_(torch.randn(n, generator=gen))
-                    var = torch.exp(torch.empty(n).uniform_(-4.6, 2.3, generator=gen))
-                    var[torch.rand(n, generator=gen) < 0.05] = 1e-6
-                    module.running_var.copy_(var)
-                if module.affine:
-                    gamma = torch.empty(n).uniform_(0.2, 2.0, generator=gen)
-                    gamma *= torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-                    gamma[torch.rand(n, generator=gen) < 0.1] = 0.0
-                    module.weight.copy_(gamma)
-                    module.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+                wild_bn_stats(module, gen, tiny_var=True)
                 continue
             for p in module.parameters(recurse=False):
                 fan_in = max(1, p[0].numel()) if p.dim() > 1 else 4
@@ -112,6 +124,8 @@ class Case:
             f"DTYPE = torch.{self.dtype}",
             f"INPUT_SHAPE = {self.input_shape!r}",
             "",
+            "",
+            inspect.getsource(wild_bn_stats),
             "",
             inspect.getsource(randomize),
             "",

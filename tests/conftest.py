@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from canonc.fuzz import wild_bn_stats
+
 
 def _wild_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BN wild statistics in place and return ``model`` in eval mode.
@@ -14,20 +16,9 @@ def _wild_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     10 % exact zeros, ``beta ~ N(0, 0.5)``; ``eps`` stays as constructed.
     """
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-                continue
-            n = m.num_features
-            if m.track_running_stats:
-                m.running_mean.copy_(torch.randn(n, generator=gen))
-                m.running_var.copy_(torch.exp(torch.empty(n).uniform_(-4.6, 2.3, generator=gen)))
-            if m.affine:
-                gamma = torch.empty(n).uniform_(0.2, 2.0, generator=gen)
-                gamma *= torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-                gamma[torch.rand(n, generator=gen) < 0.1] = 0.0
-                m.weight.copy_(gamma)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            wild_bn_stats(m, gen)
     return model.eval()
 
 
