@@ -6,6 +6,7 @@ Exit codes: 0 ok, 2 bad input or usage, 3 refused or verification failed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -156,13 +157,32 @@ SUBCOMMANDS: dict[str, tuple] = {}
 SUBCOMMANDS["explain"] = (build_explain_parser, run_explain)
 SUBCOMMANDS["invariance"] = (build_invariance_parser, run_invariance)
 
+# Subcommands with heavy imports (metrics, Optuna, timm), loaded only when called:
+# name → module exposing ``build_parser()`` and ``run(args) -> int``.
+LAZY_SUBCOMMANDS: dict[str, str] = {
+    "evaluate": "canonc.xai.evaluate_cli",
+    "search": "canonc.search.cli",
+    "zoo": "canonc.zoo_cli",
+}
+
+
+def subcommand(name: str) -> tuple | None:
+    """``(parser builder, runner)`` of subcommand ``name``, or ``None`` for the default command."""
+    if name in SUBCOMMANDS:
+        return SUBCOMMANDS[name]
+    if name in LAZY_SUBCOMMANDS:
+        module = importlib.import_module(LAZY_SUBCOMMANDS[name])
+        return module.build_parser, module.run
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``canonc`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     build, runner = (build_parser, run_canonize)
-    if argv and argv[0] in SUBCOMMANDS:
-        build, runner = SUBCOMMANDS[argv[0]]
+    found = subcommand(argv[0]) if argv else None
+    if found:
+        build, runner = found
         argv = argv[1:]
     parser = build()
     try:
