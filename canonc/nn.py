@@ -183,3 +183,59 @@ class BiasMap(nn.Module):
 
 
 CANONICAL_MODULES = (Sum, Concat, Gate, Mul, Mean, ThreshReLU, BiasMap)
+
+
+class PadSame(nn.Module):
+    """TensorFlow "SAME" padding for a window op, computed from the input's size at run time.
+
+    Pads the last ``len(kernel_size)`` axes so that a window op with padding 0 outputs
+    ``ceil(size / stride)`` positions (timm's ``pad_same``), asymmetric when the total is odd.
+
+    Parameters
+    ----------
+    kernel_size, stride, dilation : tuple of int
+        The window op's settings, one per spatial axis.
+    value : float
+        The fill value (0 for a conv, ``-inf`` for max pooling).
+    """
+
+    def __init__(self, kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+                 value: float = 0.0) -> None:
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.dilation = tuple(dilation)
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for axis, (k, s, d) in enumerate(zip(self.kernel_size, self.stride, self.dilation)):
+            size = x.shape[x.dim() - len(self.kernel_size) + axis]
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads = [total // 2, total - total // 2] + pads  # F.pad lists the last axis first
+        return F.pad(x, pads, value=self.value)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, value={self.value}"
+
+
+class MatMul(nn.Module):
+    """``scale * (a @ b)`` of two data tensors (attention scores and attention-weighted values).
+
+    A module so attention-aware XAI rules (LXT's CP-LRP / AttnLRP) can attach; ``scale``
+    carries a constant factor that multiplied either operand or the product.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.matmul(a, b)
+        return out if self.scale == 1.0 else out * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+CANONICAL_MODULES = CANONICAL_MODULES + (PadSame, MatMul)

@@ -24,14 +24,18 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _timm_leaves(model: nn.Module) -> tuple[set[type], list]:
-    """timm's no-trace module types and autowrap functions (empty for non-timm models)."""
+    """timm's no-trace module types and autowrap functions (empty for non-timm models).
+
+    timm's ``pad_same`` (TF "SAME" padding from the input size) is traced as one call, which
+    the ``same-padding`` pass turns into a :class:`~canonc.nn.PadSame` module.
+    """
     if not any(type(m).__module__.startswith("timm.") for m in model.modules()):
         return set(), []
     try:
         layers = importlib.import_module("timm.layers")
     except ImportError:
         return set(), []
-    return set(layers.get_notrace_modules()), list(layers.get_notrace_functions())
+    return set(layers.get_notrace_modules()), [*layers.get_notrace_functions(), layers.pad_same]
 
 
 def is_norm_act(module: nn.Module) -> bool:
@@ -77,6 +81,31 @@ class CanonTracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(timm_fns))
         self.user_leaves = set(leaves)
         self.timm_types = tuple(timm_types)
+        self.trying: set[int] = set()
+
+    def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict) -> object:
+        """Trace through a timm no-trace module when its forward allows it, else keep it a leaf.
+
+        timm marks modules no-trace for its own tracer; many trace fine with canonc's
+        (shape reads are not data users). A failed attempt leaves no node behind.
+        """
+        if not (self.timm_types and isinstance(m, self.timm_types)) or is_norm_act(m) \
+                or self.path_of_module(m) in self.user_leaves or id(m) in self.trying:
+            return super().call_module(m, forward, args, kwargs)
+        mark = next(reversed(self.graph.nodes), None)
+        stack, calls = self.module_stack.copy(), dict(self.num_calls)
+        self.trying.add(id(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:  # noqa: BLE001 - data-dependent control flow: keep the module opaque
+            for node in reversed(list(self.graph.nodes)):
+                if node is mark:
+                    break
+                self.graph.erase_node(node)
+            self.module_stack, self.num_calls = stack, calls
+        finally:
+            self.trying.discard(id(m))
+        return super().call_module(m, forward, args, kwargs)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _InplaceProxy(node, self)
@@ -87,7 +116,7 @@ class CanonTracer(fx.Tracer):
         if isinstance(m, cnn.CANONICAL_MODULES) or is_norm_act(m):
             return True
         if self.timm_types and isinstance(m, self.timm_types):
-            return True
+            return id(m) not in self.trying
         if isinstance(m, _CONTAINERS):
             return False
         return type(m).__module__.startswith("torch.nn")

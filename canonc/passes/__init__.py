@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import fx
 
 from . import (
@@ -15,10 +16,12 @@ from . import (
     fold_constant_affine,
     fuse_chains,
     lift_functional,
+    lift_layers,
     merge_left,
     merge_right,
     modularize,
     no_inplace,
+    same_padding,
     split_concat_bn,
     split_norm_act,
     thresh_relu,
@@ -32,6 +35,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("split-norm-act", split_norm_act.run),
     ("drop-identity", drop_identity.run),
     ("lift-functional", lift_functional.run),
+    ("lift-layer", lift_layers.run),
+    ("same-padding", same_padding.run),
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
@@ -46,6 +51,17 @@ PIPELINE: list[tuple[str, Pass]] = [
 MAX_ROUNDS = 8
 
 
+def _fill_shapes(gm: fx.GraphModule) -> None:
+    """Re-record shapes when a pass left a new data node without one (the next pass needs them)."""
+    from ..graph import propagate_shapes
+
+    inputs = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    missing = any("val" not in n.meta for n in gm.graph.nodes if n.op == "call_module")
+    if missing and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        gm.recompile()
+        propagate_shapes(gm, tuple(inputs))
+
+
 def run_pipeline(gm: fx.GraphModule, ctx: PassContext, passes: list[tuple[str, Pass]] | None = None) -> None:
     """Run ``passes`` (default: the whole pipeline) until none rewrites anything."""
     from ..graph import erase_unused
@@ -56,6 +72,7 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, passes: list[tuple[str, P
             ctx.current_pass = name
             fn(gm, ctx)
             gm.graph.lint()
+            _fill_shapes(gm)
         if len(ctx.rewrites) == before:
             break
     erase_unused(gm)
