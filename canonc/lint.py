@@ -22,12 +22,14 @@ _COMBINE = {
     torch.cat: "cat", torch.concat: "cat", torch.mean: "mean", torch.sum: "sum",
 }
 _METHODS = {"add": "add", "add_": "add", "sub": "sub", "mul": "mul", "mul_": "mul", "div": "div",
-            "matmul": "matmul", "bmm": "bmm", "mean": "mean", "sum": "sum"}
+            "matmul": "matmul", "bmm": "bmm", "mean": "mean", "sum": "sum", "softmax": "softmax"}
 _FUNCTIONAL_LAYERS = {F.batch_norm: "batch_norm", F.layer_norm: "layer_norm", F.conv1d: "conv1d",
                       F.conv2d: "conv2d", F.conv3d: "conv3d", F.linear: "linear", F.softmax: "softmax",
-                      F.gelu: "gelu", F.silu: "silu", F.relu: "relu", torch.softmax: "softmax"}
+                      F.gelu: "gelu", F.silu: "silu", F.relu: "relu", torch.softmax: "softmax",
+                      F.scaled_dot_product_attention: "scaled_dot_product_attention", F.group_norm: "group_norm",
+                      F.rms_norm: "rms_norm", torch.baddbmm: "baddbmm"}
 _VIEWS = ("flatten", "reshape", "view", "permute", "transpose", "contiguous")
-_AFFINE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_AFFINE_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _TRUSTED_ROOTS = {"", "torch", "_operator", "operator", "builtins", "math"}
 
 
@@ -45,7 +47,7 @@ def _combine_items(node: fx.Node) -> list[dict[str, str]]:
     flat = [a for a in node.args if isinstance(a, (list, tuple))]
     operands = [a for a in node.args if not isinstance(a, (list, tuple))] + [x for f in flat for x in f]
     n_data = sum(is_data(a) for a in operands)
-    if node.target in _FUNCTIONAL_LAYERS:
+    if node.target in _FUNCTIONAL_LAYERS or name == "softmax":
         return [{"kind": "functional-layer", "node": node.name, "reason": f"functional {name} is not a module; XAI rules cannot attach"}]
     if n_data >= 2:
         return [{"kind": "functional-combine", "node": node.name, "reason": f"{name} of data tensors is not a module"}]
@@ -60,7 +62,7 @@ def _opaque_items(node: fx.Node, module: nn.Module | None) -> list[dict[str, str
     """Norms whose affine part is left, leaf modules with inner structure, wrapped functions."""
     if module is not None:
         name = type(module).__name__
-        if isinstance(module, _AFFINE_NORMS) and (getattr(module, "elementwise_affine", False) or module.affine):
+        if isinstance(module, _AFFINE_NORMS) and (getattr(module, "elementwise_affine", False) or getattr(module, "affine", False)):
             return [{"kind": "norm-affine", "node": node.name,
                      "reason": f"{name}'s affine weight and bias are not folded into a neighbouring linear layer"}]
         if next(module.children(), None) is not None:

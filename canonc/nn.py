@@ -239,3 +239,28 @@ class MatMul(nn.Module):
 
 
 CANONICAL_MODULES = CANONICAL_MODULES + (PadSame, MatMul)
+
+
+class Offset(nn.Module):
+    """``x + offset`` for a constant that varies along several axes (a position embedding).
+
+    A bias-like module: XAI rules can attach (by default relevance passes to ``x``).
+
+    Parameters
+    ----------
+    offset : Tensor
+        The constant, broadcastable onto the input; kept as a parameter.
+    """
+
+    def __init__(self, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(offset.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.offset.shape)}"
+
+
+CANONICAL_MODULES = CANONICAL_MODULES + (Offset,)

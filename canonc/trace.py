@@ -129,7 +129,24 @@ def _set_eval(model: nn.Module) -> bool:
     return was_training
 
 
-def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
+def _defaults(model: nn.Module, n_inputs: int | None) -> dict[str, object]:
+    """The forward's optional arguments after the first ``n_inputs``, at their defaults.
+
+    Tracing them as constants specializes flags such as timm's ``is_causal=False`` instead
+    of leaving graph inputs that no example fills.
+    """
+    if n_inputs is None:
+        return {}
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return {p.name: p.default for p in positional[n_inputs:]
+            if p.default is not p.empty and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+
+
+def trace(model: nn.Module, leaves: Iterable[str] = (), n_inputs: int | None = None) -> fx.GraphModule:
     """Trace ``model`` (already a private copy) into a GraphModule in eval mode.
 
     Parameters
@@ -138,6 +155,9 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
         The module to trace; it is put in eval mode.
     leaves : iterable of str
         Extra qualified names to keep as leaves.
+    n_inputs : int, optional
+        How many inputs the model is called with; optional arguments after them are
+        traced at their default values.
 
     Returns
     -------
@@ -153,7 +173,7 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
     _set_eval(model)
     tracer = CanonTracer(model, leaves)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults(model, n_inputs) or None)
     except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one clear line
         where = _failing_module(tracer)
         hint = f" in module '{where}'; mark it opaque with --leaf {where}" if where else ""

@@ -12,9 +12,12 @@ import torch
 from torch import fx
 
 from . import (
+    attention,
+    constant_offset,
     drop_identity,
     fold_constant_affine,
     fuse_chains,
+    layernorm_fold,
     lift_functional,
     lift_layers,
     merge_left,
@@ -35,8 +38,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("split-norm-act", split_norm_act.run),
     ("drop-identity", drop_identity.run),
     ("lift-functional", lift_functional.run),
-    ("lift-layer", lift_layers.run),
     ("same-padding", same_padding.run),
+    ("lift-layer", lift_layers.run),
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
@@ -45,6 +48,9 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("split-concat-bn", split_concat_bn.run),
     ("thresh-relu", thresh_relu.run),
     ("merge-right", merge_right.run),
+    ("fold-norm-affine", layernorm_fold.run),
+    ("attention", attention.run),
+    ("constant-offset", constant_offset.run),
     ("modularize", modularize.run),
 ]
 

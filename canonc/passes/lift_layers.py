@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..graph import is_data
+from ..graph import is_data, set_module
 from .base import PassContext
 from .constants import Constants
 from .modularize import _call_new_module
@@ -115,6 +115,28 @@ def _key(node: fx.Node) -> object | None:
         return None
 
 
+def scope_of(node: fx.Node) -> str:
+    """Qualified name of the innermost module ``node`` was traced in (``''`` at the top)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _take_scope(gm: fx.GraphModule, new: fx.Node) -> fx.Node:
+    """Give the lifted layer its scope's name (timm ``StdConv2d`` at ``stem.conv`` stays ``stem.conv``)
+    when nothing else in the graph uses that module or its tensors any more."""
+    scope = scope_of(new)
+    if not scope:
+        return new
+    gm.graph.eliminate_dead_code()
+    for other in gm.graph.nodes:
+        if other is not new and other.op in ("call_module", "get_attr") and (
+                other.target == scope or other.target.startswith(scope + ".")):
+            return new
+    set_module(gm, scope, gm.get_submodule(new.target))
+    new.target = scope
+    return new
+
+
 def run(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Turn each functional layer with constant parameters into a module call."""
     consts = Constants(gm)
@@ -139,5 +161,5 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
             continue
         if not ctx.apply(RULE, node.name, f"{kind} with constant parameters → {type(module).__name__}"):
             continue
-        new = _call_new_module(gm, node, node.name, module, (node.args[0],))
+        new = _take_scope(gm, _call_new_module(gm, node, node.name, module, (node.args[0],)))
         ctx.rewrites[-1].detail = f"{kind} with constant parameters → {type(module).__name__} {new.target}"

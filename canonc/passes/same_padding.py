@@ -11,9 +11,10 @@ from __future__ import annotations
 from torch import fx
 
 from .. import nn as cnn
-from ..graph import is_data
+from ..graph import free_name, is_data, set_module
 from .base import PassContext
 from .constants import Constants
+from .lift_layers import scope_of
 from .modularize import _call_new_module
 
 RULE = "same-padding"
@@ -28,6 +29,20 @@ def _is_pad_same(node: fx.Node) -> bool:
 
 def _pair(value: object, n: int) -> tuple[int, ...]:
     return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) or hasattr(value, "__len__") else (int(value),) * n
+
+
+def _to_sibling(gm: fx.GraphModule, node: fx.Node, scope: str) -> None:
+    """Move ``node``'s module from inside ``scope`` (the layer it pads for, which a lifted layer
+    may replace) to ``<scope>_pad`` next to it."""
+    if not scope:
+        return
+    module = gm.get_submodule(node.target)
+    parent, _, leaf = node.target.rpartition(".")
+    delattr(gm.get_submodule(parent), leaf)
+    name = f"{scope}_pad"
+    name = name if not hasattr(gm.get_submodule(scope.rpartition(".")[0]), name.rpartition(".")[2]) else free_name(gm, name)
+    set_module(gm, name, module)
+    node.target = name
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> None:
@@ -47,4 +62,5 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
         if not ctx.apply(RULE, node.name, "pad_same → PadSame"):
             continue
         new = _call_new_module(gm, node, "pad_same", module, (node.args[0],))
+        _to_sibling(gm, new, scope_of(node))
         ctx.rewrites[-1].detail = f"pad_same → PadSame {new.target}"
