@@ -14,10 +14,11 @@ Deviations from quantus 0.6.0 (``quantus_compat=False``), and why:
   (``normalise=False``); with ``normalise=True`` it divides the given maps by one maximum
   over the whole batch and the noisy maps by one maximum per chunk, so a sample's score
   depends on the batch (we measured 0.35 vs 1.25 for one sample at batch sizes 8 and 1).
-- Noise comes from a generator per sample, on the CPU in float32 (the same draws on every
-  device and batch size); quantus draws float64 from numpy's global state, chunk by chunk.
+- Noise comes from a generator per sample, drawn in float64 on the CPU (the same draws on
+  every device and batch size); quantus draws from numpy's global state, chunk by chunk.
   Compat mode draws exactly as quantus, from ``noise_source`` when given, else from numpy's
   global state (seed it with ``np.random.seed`` for repeatable scores).
+- An all-zero map has no relative change: NaN (quantus divides by zero: inf).
 - ``return_nan_when_prediction_changes`` is not offered (quantus's default is off).
 """
 
@@ -42,9 +43,11 @@ from .common import (
 )
 
 
-def _relative_change(base: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """``‖a − a'‖₂ / ‖a‖₂`` per row."""
-    return (base - noisy).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1)
+def _relative_change(base: torch.Tensor, noisy: torch.Tensor, quantus_compat: bool) -> torch.Tensor:
+    """``‖a − a'‖₂ / ‖a‖₂`` per row; NaN for an all-zero ``a`` (compat: inf, as numpy's division)."""
+    norm = base.flatten(1).norm(dim=1)
+    change = (base - noisy).flatten(1).norm(dim=1) / norm
+    return change if quantus_compat else torch.where(norm == 0, torch.full_like(change, float("nan")), change)
 
 
 def sensitivities(explain_fn: ExplainFn, inputs: torch.Tensor, targets: torch.Tensor,
@@ -105,17 +108,19 @@ def sensitivities(explain_fn: ExplainFn, inputs: torch.Tensor, targets: torch.Te
             for step in range(n_samples):
                 noise = torch.from_numpy(rng.uniform(low=low, high=high, size=(len(x), x[0].numel())))
                 noisy = (x.double() + noise.to(x.device).reshape(x.shape)).to(x.dtype)
-                out[part, step] = _relative_change(base[part], prepared(explain_fn(noisy, targets[part])))
+                out[part, step] = _relative_change(base[part], prepared(explain_fn(noisy, targets[part])), True)
         return out
     group = max(1, batch_size // n_samples)
     for part in chunks(n, group):
         x = inputs[part]
-        noise = torch.stack([torch.rand(n_samples, *x.shape[1:], generator=sample_generator(seed, stream_of(stream), i))
+        noise = torch.stack([torch.rand(n_samples, *x.shape[1:], dtype=torch.float64,
+                                        generator=sample_generator(seed, stream_of(stream), i))
                              for i in range(part.start, part.stop)])
-        noisy = x[:, None] + (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
+        noisy = (x[:, None].double() + (low + (high - low) * noise).to(x.device)).to(x.dtype)
         repeated_targets = targets[part].repeat_interleave(n_samples)
         maps = explain_in_chunks(explain_fn, noisy.flatten(0, 1), repeated_targets, batch_size)
-        out[part] = _relative_change(base[part].repeat_interleave(n_samples, 0), prepared(maps)).reshape(-1, n_samples)
+        change = _relative_change(base[part].repeat_interleave(n_samples, 0), prepared(maps), False)
+        out[part] = change.reshape(-1, n_samples)
     return out
 
 
