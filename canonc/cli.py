@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse to merge a BN right into a zero-padded or transposed conv (it needs a border bias map)")
     p.add_argument("--max-param-growth", type=float, default=6.0,
                    help="--strategy untangle clones producers only while parameters stay within this factor (default 6)")
+    p.add_argument("--unpack-mha", action="store_true",
+                   help="unpack nn.MultiheadAttention into q/k/v Linear layers and attention modules")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
@@ -79,7 +81,7 @@ def pass_options(args: argparse.Namespace) -> dict:
     """The pass options (``ctx.options``) the command line asks for."""
     return {"fuse_chains": not args.no_fuse_chains, "max_chain_growth": args.max_chain_growth,
             "fuse_pooling": args.fuse_pooling, "bias_map": not args.no_bias_map,
-            "max_param_growth": args.max_param_growth}
+            "max_param_growth": args.max_param_growth, "unpack_mha": args.unpack_mha}
 
 
 def run_canonize(args: argparse.Namespace) -> int:
