@@ -76,13 +76,17 @@ def count_layernorm(model: nn.Module) -> tuple[int, int]:
 def randomize(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
     """Random norm parameters and calibrated BN statistics, in place; returns ``model`` in eval mode.
 
-    Norm affines (BN included): ``weight ~ ±U(0.2, 2)`` (BN: about 5 % exact zeros),
+    Zero-initialised weight matrices (torchvision's ViT head) get ``N(0, 1/fan_in)``; norm
+    affines (BN included): ``weight ~ ±U(0.2, 2)`` (BN: about 5 % exact zeros),
     ``bias ~ N(0, 0.5)``. Then BN statistics are calibrated: reset, ``momentum=None``, two
     train-mode forwards on random inputs of ``input_shape``.
     """
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
         for m in [m for m in model.modules() if isinstance(m, _BN)] + _norm_layers(model):
             weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
             if isinstance(weight, torch.Tensor) and weight.is_floating_point():

@@ -28,6 +28,7 @@ from . import (
     split_concat_bn,
     split_norm_act,
     thresh_relu,
+    unpack_mha,
     unshare,
 )
 from .base import LogEntry, PassContext
@@ -40,6 +41,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("lift-functional", lift_functional.run),
     ("same-padding", same_padding.run),
     ("lift-layer", lift_layers.run),
+    ("unpack-mha", unpack_mha.run),
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
