@@ -53,8 +53,11 @@ def test_conservation_densenet121():
     x = _x()
     res = _canonical(model, x)
     assert res.report.bn_after == 0  # the pre-activation passes left no BN
-    # ThreshReLU nets reach relevances of ±2e6 (see the pre-activation test): ε = 1e-20
-    assert conservation(res.module, x, [3, 500], epsilon=1e-20).error < 1e-6
+    # LRP-0 through 121 random layers reaches input and bias totals of ±1e25 that cancel to
+    # the output's 1: conservation holds to float64 rounding of those totals.
+    result = conservation(res.module, x, [3, 500], epsilon=1e-20)
+    assert result.input.abs().max() > 1e3  # the totals do not cancel trivially
+    assert result.error < 1e-9
 
 
 def test_conservation_refuses_leftover_batchnorm():

@@ -9,6 +9,12 @@ sums see it, while under Excitation Backprop the BN gets no rule and its gradien
 the relevance by ``1/sqrt(1 + eps)`` per BN (VGG-16: 13 of them, about 7e-5 in total).
 With ``eps`` set tiny the residual vanishes to rounding (about 1e-11), which shows it
 is the only difference. canonc's merge leaves no BN at all (DESIGN.md §3).
+
+The default-eps bound (1e-3) is checked on nets whose BN was calibrated, then drawn
+(``draw_first=False``): LRP relevances stay moderate there. On draw-first nets (unit-scale
+activations, the zoo default) LRP-0 relevances reach 1e25 through near-zero denominators,
+which amplify zennit's 5e-6-per-BN leftover to 1.2e-3 under α2β1 on VGG-16-BN; the tiny-eps
+tests run on those nets and show parity to rounding there too.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ ZENNIT = {"eb": ExcitationBackprop, "lrp-alpha2beta1": EpsilonAlpha2Beta1, "lrp-
 CANONIZERS = {"vgg": VGGCanonizer, "resnet": ResNetCanonizer}
 
 
-def _pair(name: str, bn_eps: float | None = None):
+def _pair(name: str, bn_eps: float | None = None, draw_first: bool = True):
     torch.manual_seed(0)
-    model = randomize_bn(torchvision.models.get_model(name, weights=None), input_shape=(2, 3, 32, 32))
+    model = randomize_bn(torchvision.models.get_model(name, weights=None), input_shape=(2, 3, 32, 32),
+                         draw_first=draw_first)
     if bn_eps is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -49,8 +56,8 @@ def _zennit(model, method: str, canonizer, x, target: int) -> torch.Tensor:
     return relevance
 
 
-def _rel_error(name: str, family: str, bn_eps: float | None) -> dict[str, float]:
-    model, canonical, x = _pair(name, bn_eps)
+def _rel_error(name: str, family: str, bn_eps: float | None, draw_first: bool = True) -> dict[str, float]:
+    model, canonical, x = _pair(name, bn_eps, draw_first)
     errors = {}
     for method in ZENNIT:
         ours = explain(canonical, x, 7, method, keep_channels=True)
@@ -60,14 +67,14 @@ def _rel_error(name: str, family: str, bn_eps: float | None) -> dict[str, float]
 
 
 def test_parity_resnet18_default_eps():
-    errors = _rel_error("resnet18", "resnet", None)
+    errors = _rel_error("resnet18", "resnet", None, draw_first=False)
     assert max(errors.values()) < 1e-3, errors
     assert max(errors.values()) > 1e-8, "zennit 0.5.1's leftover 1/sqrt(1+eps) should be visible"
 
 
 @pytest.mark.parametrize("name,family", [("vgg16_bn", "vgg"), ("resnet50", "resnet")])
 def test_parity_acceptance_models(name, family):
-    errors = _rel_error(name, family, None)
+    errors = _rel_error(name, family, None, draw_first=False)
     assert max(errors.values()) < 1e-3, errors
 
 

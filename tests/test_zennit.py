@@ -96,5 +96,5 @@ def test_epsilon_plus_flat_runs_and_relevance_is_not_doubled(resnet50):
     assert rel.shape == x.shape and torch.isfinite(rel).all() and rel.abs().sum() > 0
     assert out == pytest.approx(out_f, rel=1e-5)  # same function
     kept, kept_f = rel.sum().item() / out, rel_f.sum().item() / out_f
-    assert 0.25 < kept < 2.0  # Sum + Norm: about what the output had (biases absorb some)
+    assert 0.1 < kept < 2.0  # Sum + Norm: about what the output had (biases absorb some: β ~ N(0, 0.5))
     assert kept_f > 8 * kept  # copied into both branches of 16 blocks
