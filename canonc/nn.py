@@ -47,6 +47,41 @@ class Sum(_SumBase):
         return total
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or the global registry has hooks (an XAI tool or a probe is watching)."""
+    from torch.nn.modules import module as registry
+
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    shared = (registry._global_forward_hooks, registry._global_forward_pre_hooks,
+              registry._global_backward_hooks, registry._global_backward_pre_hooks)
+    return any(len(h) for h in own + shared)
+
+
+class ReLU(nn.ReLU):
+    """ReLU that overwrites its producer's output in plain inference, out of place otherwise.
+
+    The canonizer links it to the producer (a conv, sum, ...) whose output only it reads.
+    It then runs in place exactly when no one can tell: gradients off, no hooks on
+    itself, its producer or globally (so XAI rules always see an out-of-place ReLU),
+    and not while exporting. An unlinked ReLU (e.g. rebuilt from ``model.py``) is a
+    plain out-of-place ``nn.ReLU``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(inplace=False)
+        self._producer: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
+
+    def overwrite_output_of(self, producer: nn.Module | None) -> None:
+        """Allow running in place on the output of ``producer`` (its only reader); ``None``: never."""
+        self._producer = (producer,) if producer is not None else ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._producer and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+                and not _hooked(self) and not _hooked(self._producer[0])):
+            return torch.relu_(x)
+        return torch.relu(x)
+
+
 class Concat(nn.Module):
     """``torch.cat(tensors, dim)`` as a module (relevance flows by plain gradient)."""
 
@@ -182,7 +217,7 @@ class BiasMap(nn.Module):
         return f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, transposed={self.transposed}"
 
 
-CANONICAL_MODULES = (Sum, Concat, Gate, Mul, Mean, ThreshReLU, BiasMap)
+CANONICAL_MODULES = (Sum, Concat, Gate, Mul, Mean, ThreshReLU, ReLU, BiasMap)
 
 
 class PadSame(nn.Module):

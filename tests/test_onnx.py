@@ -47,9 +47,16 @@ def _bias_map() -> nn.Module:
     return m
 
 
+def _linked_relu() -> nn.Module:
+    relu = cnn.ReLU()
+    relu.overwrite_output_of(nn.Identity())  # in place in plain inference: the export must see Relu
+    return relu
+
+
 # Canonical module name → (factory, how it is applied to the running tensor, an op its export must contain).
 CANONICAL_CASES = {
     "ThreshReLU": (_thresh_relu, lambda m, x: m(x), "Where"),
+    "ReLU": (_linked_relu, lambda m, x: m(x * 1.0), "Relu"),
     "Sum": (cnn.Sum, lambda m, x: m(torch.stack([x, torch.relu(x)], -1)), "ReduceSum"),
     "Mean": (lambda: cnn.Mean((2, 3), False), lambda m, x: x + m(x)[:, :, None, None], "ReduceMean"),
     "Gate": (cnn.Gate, lambda m, x: m(x, torch.sigmoid(x.amax((2, 3), keepdim=True))), "Sigmoid"),

@@ -13,14 +13,17 @@ from torch import fx
 
 from . import (
     attention,
+    bn_as_layer,
     constant_offset,
     drop_identity,
     fold_constant_affine,
     fuse_chains,
+    inference_relu,
     layernorm_fold,
     lift_functional,
     lift_layers,
     merge_left,
+    merge_left_views,
     merge_right,
     modularize,
     no_inplace,
@@ -45,6 +48,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("unshare", unshare.run),
     ("no-inplace", no_inplace.run),
     ("merge-left", merge_left.run),
+    ("merge-left-views", merge_left_views.run),
     ("fold-constant-affine", fold_constant_affine.run),
     ("fuse-chains", fuse_chains.run),
     ("split-concat-bn", split_concat_bn.run),
@@ -54,7 +58,11 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("attention", attention.run),
     ("constant-offset", constant_offset.run),
     ("modularize", modularize.run),
+    ("inference-relu", inference_relu.run),
 ]
+
+# Run once the pipeline reached its fixed point, then the pipeline again.
+LAST_RESORT: list[tuple[str, Pass]] = [("bn-as-layer", bn_as_layer.run)]
 
 MAX_ROUNDS = 8
 
@@ -74,15 +82,22 @@ def run_pipeline(gm: fx.GraphModule, ctx: PassContext, passes: list[tuple[str, P
     """Run ``passes`` (default: the whole pipeline) until none rewrites anything."""
     from ..graph import erase_unused
 
-    for _ in range(MAX_ROUNDS):
-        before = len(ctx.rewrites)
-        for name, fn in passes or PIPELINE:
+    for stage in ([], LAST_RESORT if passes is None else []):
+        before_stage = len(ctx.rewrites)
+        for name, fn in stage:
             ctx.current_pass = name
             fn(gm, ctx)
-            gm.graph.lint()
-            _fill_shapes(gm)
-        if len(ctx.rewrites) == before:
+        if stage and len(ctx.rewrites) == before_stage:
             break
+        for _ in range(MAX_ROUNDS):
+            before = len(ctx.rewrites)
+            for name, fn in passes or PIPELINE:
+                ctx.current_pass = name
+                fn(gm, ctx)
+                gm.graph.lint()
+                _fill_shapes(gm)
+            if len(ctx.rewrites) == before:
+                break
     erase_unused(gm)
 
 

@@ -1,0 +1,84 @@
+"""``canonc.nn.ReLU``: in place only in hook-free no-grad inference, on a tensor only it reads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import canonc
+from canonc import nn as cnn
+from canonc.xai import explain
+
+
+class TwoReaders(nn.Module):
+    """conv1's output feeds a ReLU and a residual: that ReLU must never run in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv1(x)
+        b = self.relu1(a)
+        c = self.relu2(self.conv2(b))
+        return self.head((a + c).mean((2, 3)))
+
+
+def _canon() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    return canonc.canonize(TwoReaders().eval(), x).module, x
+
+
+def test_only_the_sole_reader_is_linked():
+    canon, _ = _canon()
+    relus = {name: m for name, m in canon.named_modules() if isinstance(m, nn.ReLU)}
+    assert type(relus["relu1"]) is nn.ReLU and relus["relu1"].inplace is False  # conv1 has two readers
+    assert type(relus["relu2"]) is cnn.ReLU and relus["relu2"]._producer == (canon.conv2,)
+
+
+def test_same_function_with_and_without_grad_and_hooks():
+    canon, x = _canon()
+    torch.manual_seed(0)
+    torch.randn(2, 3, 8, 8)
+    reference = TwoReaders().eval()  # the same weights as _canon's
+    with torch.no_grad():
+        expected = reference(x)
+        assert torch.allclose(canon(x), expected, atol=1e-6)
+    assert torch.allclose(canon(x), expected, atol=1e-6)  # grad on: out of place
+
+
+def test_a_hook_on_the_producer_sees_its_true_output():
+    canon, x = _canon()
+    seen = []
+    handle = canon.conv2.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        canon(x)
+    handle.remove()
+    assert (seen[0] < 0).any()  # the ReLU did not overwrite what the hook kept
+
+
+def test_in_place_when_nobody_watches():
+    canon, x = _canon()
+    seen = []
+
+    class Spy(nn.Module):  # reads conv2's output tensor object after the forward, without a hook on conv2
+        def forward(self, t):
+            seen.append(t)
+            return t
+
+    with torch.no_grad():
+        out = canon.conv2(canon.relu1(canon.conv1(x)))
+        relu = canon.relu2
+        result = relu(Spy()(out))
+    assert result.data_ptr() == seen[0].data_ptr() and (seen[0] >= 0).all()  # overwritten in place
+
+
+def test_explanations_run_out_of_place():
+    canon, x = _canon()
+    relevance = explain(canon, x, 1, "lrp-epsilon-plus")
+    assert relevance.shape == (2, 8, 8) and torch.isfinite(relevance).all() and relevance.abs().sum() > 0
