@@ -80,5 +80,7 @@ def test_bad_settings_are_refused():
         avg_sensitivity(_channel_sum, x, t, n_samples=0)
     with pytest.raises(InputError, match=r"upper_bound \(0.1\) must be larger than lower_bound \(0.2\)"):
         max_sensitivity(_channel_sum, x, t, upper_bound=0.1)
+    with pytest.raises(InputError, match="noise_source is used only with quantus_compat=True"):
+        avg_sensitivity(_channel_sum, x, t, noise_source=np.random.RandomState(0))
     assert math.isnan(avg_sensitivity(_channel_sum, x * 0, t, n_samples=1)[0].item())
     assert avg_sensitivity(_channel_sum, x * 0, t, n_samples=1, quantus_compat=True)[0].item() == math.inf

@@ -111,6 +111,12 @@ def numpy_rng(noise_source: np.random.RandomState | None) -> np.random.RandomSta
     return np.random if noise_source is None else noise_source
 
 
+def check_noise_source(noise_source: np.random.RandomState | None, quantus_compat: bool) -> None:
+    """Refuse a numpy ``noise_source`` outside compat mode (canonc's own draws come from ``seed``)."""
+    if noise_source is not None and not quantus_compat:
+        raise InputError("noise_source is used only with quantus_compat=True; set seed instead")
+
+
 def target_scores(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, softmax: bool) -> torch.Tensor:
     """float64 ``(M,)`` target logits of ``model(inputs)``, or softmax probabilities."""
     with torch.no_grad():

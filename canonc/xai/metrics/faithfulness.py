@@ -43,6 +43,7 @@ from torch import nn
 from ...errors import InputError
 from .common import (
     check_maps,
+    check_noise_source,
     chunks,
     descending_order,
     numpy_rng,
@@ -165,6 +166,7 @@ def region_perturbation(model: nn.Module, inputs: torch.Tensor, targets: torch.T
         raise InputError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     if patch_size < 1 or regions < 1:
         raise InputError(f"patch_size and regions must be at least 1, got {patch_size} and {regions}")
+    check_noise_source(noise_source, quantus_compat)
     maps = prepare(relevance.to(x.device), normalise=normalise, absolute=absolute, quantus_compat=quantus_compat)
     n, _, h, w = x.shape
     sums = patch_sums(maps[:, None], patch_size, mode="constant")
@@ -316,6 +318,7 @@ def faithfulness_correlation(model: nn.Module, inputs: torch.Tensor, targets: to
     if not 1 <= subset_size < values.shape[1] or runs < 2:
         raise InputError(f"faithfulness-correlation needs 1 <= subset_size < {values.shape[1]} and runs >= 2, "
                          f"got subset_size={subset_size}, runs={runs}")
+    check_noise_source(noise_source, quantus_compat)
     subsets = _subset_draws(n, values.shape[1], runs, subset_size, seed, batch_size, quantus_compat,
                             noise_source).to(x.device)
     relevance_sums = values.gather(1, subsets.flatten(1)).reshape(n, runs, subset_size).sum(2)

@@ -32,6 +32,7 @@ from .common import (
     ExplainFn,
     check_batch,
     check_maps,
+    check_noise_source,
     chunks,
     explain_in_chunks,
     numpy_rng,
@@ -89,6 +90,7 @@ def sensitivities(explain_fn: ExplainFn, inputs: torch.Tensor, targets: torch.Te
         raise InputError(f"n_samples must be at least 1, got {n_samples}")
     if upper_bound is not None and upper_bound <= lower_bound:
         raise InputError(f"upper_bound ({upper_bound}) must be larger than lower_bound ({lower_bound})")
+    check_noise_source(noise_source, quantus_compat)
     low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
     normalise = pick(normalise, True, False, quantus_compat)
     if relevance is None:

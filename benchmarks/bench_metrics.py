@@ -1,0 +1,190 @@
+"""End-to-end time of the poster's six metrics: canonc vs quantus 0.6.0, one process, same settings.
+
+Cases (``--case``):
+
+- ``vgg16_bn-224``: torchvision VGG-16-BN, random weights, BN randomized
+  (``models.randomize_bn``), canonized; 64 shapes-benchmark images at 224 px; targets are the
+  predicted classes (of 1000).
+- ``densenet121-shapes-64``: the trained narrow DenseNet-121 ``models:densenet121-shapes``,
+  canonized; 256 images of the shapes test split at 64 px; targets are the labels (of 6).
+  Without a committed checkpoint the untrained topology (BN randomized) is used, and said so.
+
+Both sides explain with ``lrp-epsilon-plus`` through the same function, :func:`canonc.xai.explain`
+(zennit composites on the canonized model); quantus gets it as ``explain_func`` and computes its
+base explanations itself (``a_batch=None``, as the paper's code: once per metric), canonc
+computes them once per sample and shares them. Settings, identical on both sides:
+
+- Sparseness: ``abs``, normalised (both defaults).
+- Region Perturbation: MoRF, black baseline, softmax, 50 regions of 14 px (224 px) or 4 px (64 px).
+- RRA, RMA: ``abs=True`` (Pahde et al.), normalised.
+- Avg-Sensitivity: 10 samples (the paper), ``U(−0.2, 0.2)`` noise, normalised maps.
+- Random Logit: SSIM, ``num_classes`` of the model, seed 42.
+- quantus ``batch_size=64`` per chunk; explanation calls of at most ``--batch`` inputs on both
+  sides (canonc's ``batch_size``; quantus's ``explain_func`` splits its chunk the same way).
+
+canonc runs in its default mode (per-sample normalisation and seeds, 2-D SSIM); its work per
+metric is the same as in compat mode. Prints ``name: value`` lines: wall and process-CPU time
+of each side, their ratio (quantus / canonc; target ≥ 10 on CPU), each metric's share of the
+time, the explanation calls, and each side's mean score per metric.
+
+Run: ``python benchmarks/bench_metrics.py [--case NAME] [--device cuda] [--quick] [--images N] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import canonc  # noqa: E402
+from canonc.errors import InputError  # noqa: E402
+from canonc.load import load  # noqa: E402
+from canonc.xai import explain  # noqa: E402
+from canonc.xai.data import TEST_SEED, shapes_benchmark  # noqa: E402
+from canonc.xai.metrics import POSTER_METRICS, aggregate, evaluate_metrics  # noqa: E402
+from models.zoo import randomize_bn  # noqa: E402
+
+METHOD = "lrp-epsilon-plus"
+QUANTUS_CHUNK = 64
+CASES = {  # name → (images, quick images, size, region patch size, explanation batch)
+    "vgg16_bn-224": (64, 4, 224, 14, 16),
+    "densenet121-shapes-64": (256, 32, 64, 4, 64),
+}
+
+
+def _vgg16_bn() -> tuple[torch.nn.Module, str]:
+    torch.manual_seed(0)
+    return randomize_bn(torchvision.models.vgg16_bn(weights=None), seed=0), "VGG-16-BN, random weights"
+
+
+def _densenet_shapes() -> tuple[torch.nn.Module, str]:
+    try:
+        return load("models:densenet121-shapes").model.eval(), "trained DenseNet-121 topology (models:)"
+    except InputError as exc:
+        from models.shapes import ARCHITECTURES
+
+        print(f"# {exc}; using the untrained topology", flush=True)
+        torch.manual_seed(0)
+        return randomize_bn(ARCHITECTURES["densenet121-shapes"](), seed=0), "UNTRAINED DenseNet-121 topology"
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """Result, wall-clock and process-CPU seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _quantus_metrics(num_classes: int, patch: int) -> dict[str, object]:
+    import quantus
+
+    return {
+        "sparseness": quantus.Sparseness(disable_warnings=True),
+        "region-perturbation": quantus.RegionPerturbation(patch_size=patch, regions_evaluation=50,
+                                                          disable_warnings=True),
+        "rra": quantus.RelevanceRankAccuracy(abs=True, disable_warnings=True),
+        "rma": quantus.RelevanceMassAccuracy(abs=True, disable_warnings=True),
+        "avg-sensitivity": quantus.AvgSensitivity(nr_samples=10, normalise=True, disable_warnings=True),
+        "random-logit": quantus.RandomLogit(num_classes=num_classes, seed=42, disable_warnings=True),
+    }
+
+
+def run_quantus(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device: str,
+                num_classes: int, patch: int, batch: int) -> tuple[dict, dict, int]:
+    """quantus's six metrics, each timed; returns per-metric means, seconds, and explained inputs."""
+    explained = [0]
+
+    def explain_func(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object) -> np.ndarray:
+        explained[0] += len(inputs)
+        xs, ts = torch.as_tensor(inputs, dtype=torch.float32), torch.as_tensor(targets)
+        return torch.cat([explain(model, xs[i:i + batch].to(device), ts[i:i + batch].to(device), METHOD,
+                                  strict=False).cpu() for i in range(0, len(xs), batch)]).numpy()
+
+    means, seconds = {}, {}
+    arrays = {"x_batch": x.numpy(), "y_batch": y.numpy(), "s_batch": masks.numpy().astype(np.float32)}
+    for name, metric in _quantus_metrics(num_classes, patch).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores, wall, cpu = _timed(lambda m=metric: m(model, a_batch=None, explain_func=explain_func,
+                                                          device=device, batch_size=QUANTUS_CHUNK, **arrays))
+        scores = np.asarray(scores, dtype=np.float64)
+        # Region Perturbation returns curves; the AOPC-like summary is their mean (np.trapz is gone)
+        means[name] = float(np.nanmean(scores.mean(1) if scores.ndim == 2 else scores))
+        seconds[name] = (wall, cpu)
+        print(f"# quantus {name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return means, seconds, explained[0]
+
+
+def run_canonc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device: str,
+               patch: int, batch: int) -> tuple[dict, dict, float, float]:
+    """canonc's ``evaluate_metrics`` on the six metrics; returns means, per-part seconds, wall and CPU."""
+    settings = {"region-perturbation": {"patch_size": patch, "regions": 50},
+                "avg-sensitivity": {"n_samples": 10}, "random-logit": {"seed": 42}}
+    timings: dict[str, float] = {}
+    scores, wall, cpu = _timed(lambda: evaluate_metrics(
+        model, x.to(device), y.to(device), method=METHOD, metrics=POSTER_METRICS, masks=masks.to(device),
+        batch_size=batch, settings=settings, timings=timings))
+    return aggregate(scores), timings, wall, cpu
+
+
+def bench(case: str, args: argparse.Namespace) -> dict:
+    """One case: both sides, printed and returned as a dict."""
+    n_full, n_quick, size, patch, batch = CASES[case]
+    n = args.images or (n_quick if args.quick else n_full)
+    model, what = _vgg16_bn() if case.startswith("vgg") else _densenet_shapes()
+    data = shapes_benchmark(n, size=size, seed=TEST_SEED)
+    model = canonc.canonize(model, data.images[:1]).module.to(args.device).eval()
+    with torch.no_grad():  # also the forward warm-up
+        logits = torch.cat([model(data.images[i:i + batch].to(args.device)).cpu() for i in range(0, n, batch)])
+    num_classes = logits.shape[1]
+    y = data.labels if num_classes == len(data.classes) else logits.argmax(1)
+    print(f"# {case}: {n} images at {size} px, {what}, {num_classes} classes, device {args.device}, "
+          f"{torch.get_num_threads()} torch threads", flush=True)
+    explain(model, data.images[:batch].to(args.device), y[:batch].to(args.device), METHOD)  # warm-up, both sides
+    ours, parts, c_wall, c_cpu = run_canonc(model, data.images, y, data.masks, args.device, patch, batch)
+    theirs, q_parts, q_explained = run_quantus(model, data.images, y, data.masks, args.device, num_classes,
+                                               patch, batch)
+    q_wall, q_cpu = sum(w for w, _ in q_parts.values()), sum(c for _, c in q_parts.values())
+    print(f"{case}_canonc_s: {c_wall:.1f}  (CPU {c_cpu:.1f})")
+    print(f"{case}_quantus_s: {q_wall:.1f}  (CPU {q_cpu:.1f})")
+    print(f"{case}_ratio_quantus_over_canonc: {q_wall / c_wall:.2f}  (CPU time {q_cpu / c_cpu:.2f}; target >= 10)")
+    share = {k: v / sum(parts.values()) for k, v in parts.items()}
+    q_share = {k: w / q_wall for k, (w, _) in q_parts.items()}
+    print(f"{case}_canonc_share: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
+    print(f"{case}_quantus_share: " + ", ".join(f"{k} {v:.0%}" for k, v in q_share.items()))
+    print(f"{case}_explained_inputs: canonc {n * (1 + 10 + 1)} (by construction), quantus {q_explained}")
+    print(f"{case}_mean_scores: " + ", ".join(f"{k} {ours[k]:.3f}/{theirs[k]:.3f}" for k in POSTER_METRICS)
+          + "  (canonc/quantus; region perturbation: AOPC vs mean of quantus's curve, black baselines differ)")
+    return {"case": case, "images": n, "size": size, "model": what, "device": args.device,
+            "threads": torch.get_num_threads(), "canonc_s": c_wall, "canonc_cpu_s": c_cpu, "quantus_s": q_wall,
+            "quantus_cpu_s": q_cpu, "ratio": q_wall / c_wall, "canonc_parts_s": parts,
+            "quantus_parts_s": {k: w for k, (w, _) in q_parts.items()}, "canonc_means": ours,
+            "quantus_means": theirs, "quantus_explained_inputs": q_explained}
+
+
+def main() -> None:
+    """Run the chosen cases and print ``name: value`` lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="few images: a smoke run")
+    parser.add_argument("--images", type=int, help="number of images (overrides the case's and --quick)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    results = [bench(case, args) for case in (CASES if args.case == "all" else [args.case])]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
