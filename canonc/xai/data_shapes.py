@@ -119,40 +119,40 @@ def _distractor(kind: torch.Tensor, u: torch.Tensor, v: torch.Tensor, length: to
                 aspect: torch.Tensor, thickness: torch.Tensor) -> torch.Tensor:
     """Inside an elongated ellipse (kind 0) or a thick line segment (kind 1)."""
     length, aspect, thickness = (t.view(-1, 1, 1) for t in (length, aspect, thickness))
-    ellipse = (u / length) ** 2 + (v * aspect / length) ** 2 <= 1
-    line = (u.abs() <= 1.6 * length) & (v.abs() <= thickness)
+    ellipse = (u / length).square_().add_((v * (aspect / length)).square_()) <= 1
+    line = (u.abs() <= 1.6 * length).logical_and_(v.abs() <= thickness)
     return torch.where(kind.view(-1, 1, 1) == 0, ellipse, line)
+
+
+def _paint(canvas: torch.Tensor, where: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """``canvas`` (``(B, 3, H, W)``) with the ``where`` pixels set to ``colour`` (``(B, 3)``)."""
+    return torch.where(where[:, None], colour[:, :, None, None], canvas)
 
 
 def _render(p: dict[str, np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels ``(B, 3, H, W)`` in ``[0, 1]``, object mask ``(B, 1, H, W)`` and labels of one block.
 
-    A layer map says which shape is on top at each pixel (0: background, ``j + 1``:
-    distractor ``j``, last: the object); one gather then colours every layer at once.
+    Painter's order: striped background plus noise, the distractors, the object on top.
     """
     t = {k: torch.from_numpy(val.astype(np.float32) if val.dtype.kind == "f" else val) for k, val in p.items()}
     b = t["label"].shape[0]
     u, _ = _local(size, torch.zeros(b), torch.zeros(b), t["stripe_angle"])
-    wave = 0.5 + 0.5 * torch.sin(2 * math.pi * t["stripe_freq"].view(-1, 1, 1) * u / size
-                                 + t["stripe_phase"].view(-1, 1, 1))[:, None]
-    background = t["bg_a"][:, :, None, None] * (1 - wave) + t["bg_b"][:, :, None, None] * wave + t["noise"]
-    layer = torch.zeros(b, size, size, dtype=torch.long)
+    phase = u.mul_(2 * math.pi * t["stripe_freq"].view(-1, 1, 1) / size).add_(t["stripe_phase"].view(-1, 1, 1))
+    wave = torch.sin(phase).mul_(0.5).add_(0.5)[:, None]
+    full = (-1, -1, size, size)
+    canvas = torch.lerp(t["bg_a"][:, :, None, None].expand(full), t["bg_b"][:, :, None, None].expand(full), wave)
+    canvas += t["noise"]
     for j in range(MAX_DISTRACTORS):
-        idx = (t["n_distractors"] > j).nonzero().flatten()
-        du, dv = _local(size, t["d_cx"][idx, j], t["d_cy"][idx, j], t["d_angle"][idx, j])
-        shape = _distractor(t["d_kind"][idx, j], du, dv, t["d_length"][idx, j], t["d_aspect"][idx, j],
-                            t["d_thickness"][idx, j])
-        layer[idx] = torch.where(shape, j + 1, layer[idx])
+        du, dv = _local(size, t["d_cx"][:, j], t["d_cy"][:, j], t["d_angle"][:, j])
+        shape = _distractor(t["d_kind"][:, j], du, dv, t["d_length"][:, j], t["d_aspect"][:, j],
+                            t["d_thickness"][:, j])
+        canvas = _paint(canvas, shape & (t["n_distractors"] > j).view(-1, 1, 1), t["d_colour"][:, j])
     ou, ov = _local(size, t["cx"], t["cy"], t["angle"])
     mask = torch.zeros(b, size, size, dtype=torch.bool)
     for label in range(len(SHAPE_CLASSES)):
         idx = (t["label"] == label).nonzero().flatten()
         mask[idx] = _object(label, ou[idx], ov[idx], t["radius"][idx].view(-1, 1, 1))
-    layer[mask] = MAX_DISTRACTORS + 1
-    palette = torch.cat([torch.zeros(b, 1, 3), t["d_colour"], t["colour"][:, None]], 1)  # (B, layers, 3)
-    painted = palette.gather(1, layer.view(b, -1, 1).expand(-1, -1, 3)).transpose(1, 2).view(b, 3, size, size)
-    canvas = torch.where(layer[:, None] > 0, painted, background)
-    return canvas.clamp(0, 1), mask[:, None], t["label"].long()
+    return _paint(canvas, mask, t["colour"]).clamp_(0, 1), mask[:, None], t["label"].long()
 
 
 def shapes_benchmark(n: int, *, size: int = 64, seed: int = 0) -> Benchmark:
