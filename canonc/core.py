@@ -95,7 +95,7 @@ def build(model64: nn.Module, example64: tuple[torch.Tensor, ...], options: dict
     """
     timings = {} if timings is None else timings
     with _timer(timings, "trace"):
-        gm = trace(model64, leaves, n_inputs=len(example64))
+        gm = trace(model64, leaves, n_inputs=len(example64), example=example64)
         try:
             propagate_shapes(gm, example64)
         except Exception as exc:  # noqa: BLE001 - the model rejects this input

@@ -23,6 +23,27 @@ from .graph import is_meta_user
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+_UNKNOWN = object()
+
+
+def _run_node(root: nn.Module, node: fx.Node, values: dict[fx.Node, object]) -> object:
+    """Evaluate one traced node given the values of its inputs."""
+    args = fx.node.map_arg(node.args, lambda n: values[n])
+    kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
+    if node.op == "get_attr":
+        value: object = root
+        for atom in node.target.split("."):
+            value = getattr(value, atom)
+        return value
+    if node.op == "call_module":
+        return root.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    raise ValueError(node.op)
+
+
 def _timm_leaves(model: nn.Module) -> tuple[set[type], list]:
     """timm's no-trace module types and autowrap functions (empty for non-timm models).
 
@@ -73,15 +94,54 @@ class CanonTracer(fx.Tracer):
         The model to be traced (its module types decide whether timm's lists apply).
     leaves : iterable of str
         Qualified module names the user wants kept as opaque leaves.
+    example : tuple of Tensor, optional
+        The example input. With it, Python control flow on shapes (``if h % p:``) is decided
+        at the example's shapes and guarded by a ``torch._assert`` in the graph.
     """
 
-    def __init__(self, model: nn.Module | None = None, leaves: Iterable[str] = ()) -> None:
+    def __init__(self, model: nn.Module | None = None, leaves: Iterable[str] = (),
+                 example: tuple[torch.Tensor, ...] | None = None) -> None:
         # ``model`` is optional: torch.load re-traces a saved GraphModule with ``CanonTracer()``.
         timm_types, timm_fns = _timm_leaves(model) if model is not None else (set(), [])
         super().__init__(autowrap_functions=tuple(timm_fns))
         self.user_leaves = set(leaves)
         self.timm_types = tuple(timm_types)
         self.trying: set[int] = set()
+        self.example = tuple(example) if example is not None else None
+        self.values: dict[fx.Node, object] = {}
+
+    def _value(self, target: fx.Node) -> object:
+        """The value ``target`` takes on the example input (computed once per node), or ``_UNKNOWN``."""
+        from torch.fx._symbolic_trace import _maybe_revert_all_patches
+
+        if self.example is None:
+            return _UNKNOWN
+        root = self.root
+        placeholders = 0
+        try:
+            with _maybe_revert_all_patches(), torch.no_grad():
+                for node in self.graph.nodes:
+                    if node.op == "placeholder":
+                        self.values.setdefault(node, self.example[placeholders] if placeholders < len(self.example)
+                                               else node.args[0] if node.args else None)
+                        placeholders += 1
+                    if node not in self.values:
+                        self.values[node] = _run_node(root, node, self.values)
+                    if node is target:
+                        return self.values[node]
+        except Exception:  # noqa: BLE001 - not computable here: the usual trace error follows
+            return _UNKNOWN
+        return _UNKNOWN
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """Decide shape-dependent control flow at the example's shapes, with a guard in the graph."""
+        value = self._value(obj.node)
+        if value is _UNKNOWN or isinstance(value, torch.Tensor):  # data-dependent: not specialized
+            return super().to_bool(obj)
+        value = bool(value)
+        same = self.create_proxy("call_function", operator.eq, (obj, value), {})
+        self.create_proxy("call_function", torch._assert, (same, "canonc specialized this branch to the example input's shape"), {})
+        return value
 
     def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict) -> object:
         """Trace through a timm no-trace module when its forward allows it, else keep it a leaf.
@@ -146,7 +206,8 @@ def _defaults(model: nn.Module, n_inputs: int | None) -> dict[str, object]:
             if p.default is not p.empty and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
 
 
-def trace(model: nn.Module, leaves: Iterable[str] = (), n_inputs: int | None = None) -> fx.GraphModule:
+def trace(model: nn.Module, leaves: Iterable[str] = (), n_inputs: int | None = None,
+          example: tuple[torch.Tensor, ...] | None = None) -> fx.GraphModule:
     """Trace ``model`` (already a private copy) into a GraphModule in eval mode.
 
     Parameters
@@ -158,6 +219,8 @@ def trace(model: nn.Module, leaves: Iterable[str] = (), n_inputs: int | None = N
     n_inputs : int, optional
         How many inputs the model is called with; optional arguments after them are
         traced at their default values.
+    example : tuple of Tensor, optional
+        The example input: shape-dependent control flow is decided at its shapes (guarded).
 
     Returns
     -------
@@ -171,7 +234,7 @@ def trace(model: nn.Module, leaves: Iterable[str] = (), n_inputs: int | None = N
         stopped and how to mark it as a leaf.
     """
     _set_eval(model)
-    tracer = CanonTracer(model, leaves)
+    tracer = CanonTracer(model, leaves, example)
     try:
         graph = tracer.trace(model, concrete_args=_defaults(model, n_inputs) or None)
     except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one clear line
