@@ -1,0 +1,155 @@
+"""Sweep ``timm.list_models()``: the fraction of models with BatchNorm or LayerNorm that canonc
+canonizes and verifies (target ≥ 95 %); every other model has its reason.
+
+Models run in a fixed random order (seed 0), so a partial sweep is a random sample; each in
+its own process (a crash, hang or out-of-memory costs one row). Rows are written after every
+model to ``benchmarks/results/timm_sweep.json`` and ``.md``; a second run resumes.
+
+Usage::
+
+    nice python benchmarks/bench_timm_sweep.py                     # resume the sweep
+    python benchmarks/bench_timm_sweep.py --limit 20 --input-size 32
+    python benchmarks/bench_timm_sweep.py --one resnet18           # one row as JSON (child)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+STEM = "timm_sweep"
+BYTES_PER_PARAM = 24  # fp32 original, fp64 copy, fp64 rewritten layers, fp32 artifact
+
+
+def norm_kind(name: str) -> tuple[str, int]:
+    """``("bn" / "ln" / "bn+ln" / "none", parameter count)`` of timm ``name``, built on the meta device."""
+    import timm
+    import torch
+    from torch import nn
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    ln = any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    kind = "bn+ln" if bn and ln else "bn" if bn else "ln" if ln else "none"
+    return kind, sum(p.numel() for p in model.parameters())
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def run_one(name: str, side: int, max_params: float) -> dict:
+    """The sweep row of ``name`` (runs in the child process)."""
+    import torch
+
+    from canonc.zoo import survey
+
+    torch.set_num_threads(1)
+    try:
+        kind, params = norm_kind(name)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot even be built on meta is a row
+        return {"model": name, "norms": "?", "status": "error", "reason": f"cannot build: {type(exc).__name__}: {exc}"[:300]}
+    row = {"model": name, "norms": kind, "params": params}
+    if kind == "none":
+        return {**row, "status": "no-norm", "reason": "no BatchNorm or LayerNorm"}
+    if params > max_params or params * BYTES_PER_PARAM > _available_bytes():
+        return {**row, "status": "skipped", "reason": f"{params / 1e6:.0f}M parameters: over this run's budget"}
+    return {**survey("timm", name, side), "norms": kind}
+
+
+def _child(name: str, side: int, max_params: float, timeout: float) -> dict:
+    start = time.perf_counter()
+    cmd = [sys.executable, __file__, "--one", name, "--input-size", str(side), "--max-params", str(max_params)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "status": "error", "reason": f"timed out after {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return {"model": name, "status": "error", "reason": f"process died: {tail}"[:300]}
+    row = json.loads(lines[-1])
+    row["wall_s"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    """Counts and the verified fraction over models with BatchNorm or LayerNorm that were run."""
+    ran = [r for r in rows if r["status"] not in ("no-norm", "skipped")]
+    verified = sum(r["status"] == "verified" for r in ran)
+    clean = sum(r["status"] == "verified" and not r.get("bn_after") and not r.get("ln_affine_after") for r in ran)
+    return {"models_seen": len(rows), "with_norm_run": len(ran), "verified": verified,
+            "verified_fraction": verified / len(ran) if ran else None, "verified_all_folded": clean,
+            "statuses": dict(Counter(r["status"] for r in rows))}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The sweep as Markdown: summary line, then one row per model."""
+    s = summary(rows)
+    frac = "–" if s["verified_fraction"] is None else f"{100 * s['verified_fraction']:.1f} %"
+    lines = [f"timm sweep: {s['with_norm_run']} models with BatchNorm/LayerNorm run, {s['verified']} verified ({frac}); "
+             f"{s['verified_all_folded']} with every BN merged and LN affine folded. Statuses: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())), "",
+             "| model | norms | BN before → after | LN affine before → after | fp64 rel. error | status | reason |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        err = r.get("max_rel_error_fp64")
+        lines.append(f"| {r['model']} | {r.get('norms', '')} | {r.get('bn_before', '–')} → {r.get('bn_after', '–')} | "
+                     f"{r.get('ln_affine_before', '–')} → {r.get('ln_affine_after', '–')} | "
+                     f"{'–' if err is None else f'{err:.1e}'} | {r['status']} | {r['reason'].replace('|', '/')[:200]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(rows: list[dict], out: Path) -> None:
+    for suffix, text in ((".json", json.dumps({"summary": summary(rows), "rows": rows}, indent=1)),
+                         (".md", markdown(rows))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--one", help="run one model and print its row as JSON")
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--max-params", type=float, default=100e6, help="skip larger models (default 100M)")
+    p.add_argument("--limit", type=int, help="stop after this many new models")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    p.add_argument("--out", default=str(RESULTS / STEM), help="output stem (.json and .md are written)")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.input_size, args.max_params)))
+        return
+    import timm
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    done = {r["model"] for r in rows}
+    names = timm.list_models()
+    random.Random(0).shuffle(names)
+    todo = [n for n in names if n not in done][: args.limit]
+    for i, name in enumerate(todo, 1):
+        rows.append(_child(name, args.input_size, args.max_params, args.timeout))
+        _save(rows, out)
+        s = summary(rows)
+        print(f"[{i}/{len(todo)}] {name}: {rows[-1]['status']} {rows[-1].get('reason', '')[:120]} | "
+              f"verified {s['verified']}/{s['with_norm_run']}", flush=True)
+    s = summary(rows)
+    print(f"timm_sweep_verified_fraction: {s['verified_fraction']}")
+    print(f"timm_sweep_models_run: {s['with_norm_run']}")
+
+
+if __name__ == "__main__":
+    main()
