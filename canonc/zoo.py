@@ -21,7 +21,7 @@ SMALL = 64
 # One small model per family of the timm acceptance list (issue 5).
 TIMM_FAMILIES: dict[str, str] = {
     "resnet": "resnet18",
-    "resnetv2": "resnetv2_50x1_bit",
+    "resnetv2": "resnetv2_50",
     "resnest": "resnest14d",
     "res2net": "res2net50_14w_8s",
     "seresnext": "seresnext26d_32x4d",
@@ -55,7 +55,7 @@ TIMM_FAMILIES: dict[str, str] = {
     "swin": "swin_tiny_patch4_window7_224",
     "efficientformer": "efficientformer_l1",
     "mobilevit": "mobilevit_xxs",
-    "efficientvit": "efficientvit_b0",
+    "efficientvit": "efficientvit_m0",
 }
 
 _BN = nn.modules.batchnorm._BatchNorm
