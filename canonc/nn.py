@@ -18,6 +18,21 @@ except ImportError:  # pragma: no cover - zennit is a dependency of canonc
     _SumBase = nn.Module
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or the global registry has hooks (an XAI tool or a probe is watching)."""
+    from torch.nn.modules import module as registry
+
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    shared = (registry._global_forward_hooks, registry._global_forward_pre_hooks,
+              registry._global_backward_hooks, registry._global_backward_pre_hooks)
+    return any(len(h) for h in own + shared)
+
+
+def _plain_inference(module: nn.Module) -> bool:
+    """Gradients off, not exporting, and no hooks on ``module`` or globally: in-place work is unobservable."""
+    return not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export() and not _hooked(module)
+
+
 class Sum(_SumBase):
     """Sum of tensors stacked on axis ``dim`` (a residual ``a + b``).
 
@@ -31,7 +46,12 @@ class Sum(_SumBase):
     ----------
     dim : int
         The stacking axis (zennit's own ``Sum`` defaults to -1).
+
+    In plain inference (see ``_plain_inference``) a Sum whose stack only it reads
+    adds into the stack's first slice instead of allocating its output.
     """
+
+    overwrite_input = False  # set by the canonizer where only this module reads the stack
 
     def __init__(self, dim: int = -1) -> None:
         nn.Module.__init__(self)
@@ -42,19 +62,13 @@ class Sum(_SumBase):
             return torch.sum(stacked, dim=self.dim)
         # Eager: unbind + add; torch.sum over a length-2 axis is a reduction kernel ~3x slower.
         total, *rest = stacked.unbind(self.dim)
+        if self.overwrite_input and _plain_inference(self):  # add into the stack's first slice
+            for part in rest:
+                total.add_(part)
+            return total
         for part in rest:
             total = total + part
         return total
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or the global registry has hooks (an XAI tool or a probe is watching)."""
-    from torch.nn.modules import module as registry
-
-    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
-    shared = (registry._global_forward_hooks, registry._global_forward_pre_hooks,
-              registry._global_backward_hooks, registry._global_backward_pre_hooks)
-    return any(len(h) for h in own + shared)
 
 
 class ReLU(nn.ReLU):
@@ -76,8 +90,7 @@ class ReLU(nn.ReLU):
         self._producer = (producer,) if producer is not None else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self._producer and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
-                and not _hooked(self) and not _hooked(self._producer[0])):
+        if self._producer and _plain_inference(self) and not _hooked(self._producer[0]):
             return torch.relu_(x)
         return torch.relu(x)
 

@@ -18,7 +18,7 @@ from . import (
     drop_identity,
     fold_constant_affine,
     fuse_chains,
-    inference_relu,
+    inference_in_place,
     layernorm_fold,
     lift_functional,
     lift_layers,
@@ -58,7 +58,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("attention", attention.run),
     ("constant-offset", constant_offset.run),
     ("modularize", modularize.run),
-    ("inference-relu", inference_relu.run),
+    ("inference-in-place", inference_in_place.run),
 ]
 
 # Run once the pipeline reached its fixed point, then the pipeline again.

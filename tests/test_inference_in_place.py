@@ -1,4 +1,4 @@
-"""``canonc.nn.ReLU``: in place only in hook-free no-grad inference, on a tensor only it reads."""
+"""In-place work in plain inference only: `canonc.nn.ReLU` on a tensor only it reads, `Sum` into its own stack."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ def test_explanations_run_out_of_place():
     canon, x = _canon()
     relevance = explain(canon, x, 1, "lrp-epsilon-plus")
     assert relevance.shape == (2, 8, 8) and torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x) + x)
+
+
+def test_sum_adds_into_its_stack_only_in_plain_inference():
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    canon = canonc.canonize(model, x).module
+    sums = [m for m in canon.modules() if isinstance(m, cnn.Sum)]
+    assert len(sums) == 1 and sums[0].overwrite_input
+    assert type(canon.relu) is cnn.ReLU and canon.relu._producer == (sums[0],)
+    with torch.no_grad():
+        expected = model(x)
+        x_before = x.clone()
+        assert torch.allclose(canon(x), expected, atol=1e-6)
+        assert torch.equal(x, x_before)  # the identity branch (the input) was not written
+    assert torch.allclose(canon(x), expected, atol=1e-6)
+    assert not isinstance(model.relu, cnn.ReLU)  # the user's model is untouched
