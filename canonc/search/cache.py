@@ -29,7 +29,7 @@ def tensor_digest(tensors: Iterable[torch.Tensor], h: hashlib._Hash | None = Non
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h
 
 

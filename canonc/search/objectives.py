@@ -6,10 +6,11 @@ robustness, randomisation); a metric name itself is accepted too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..xai.metrics import METRICS
 
 OBJECTIVE_METRICS: dict[str, str] = {
     "faithfulness": "region-perturbation",
@@ -56,8 +57,6 @@ class Objective:
 
 def resolve_objectives(names: str | Sequence[str]) -> tuple[Objective, ...]:
     """Objectives for ``"faithfulness,localization-rma,..."`` (or a list); unknown names raise :class:`InputError`."""
-    from ..xai.metrics import METRICS  # the metrics stack is heavy; the search infrastructure does not need it
-
     items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     if not items:
         raise InputError("--objectives is empty; name at least one, e.g. faithfulness,localization-rma")
@@ -75,3 +74,25 @@ def resolve_objectives(names: str | Sequence[str]) -> tuple[Objective, ...]:
     if len(set(metrics)) != len(metrics):
         raise InputError(f"--objectives measures one metric twice: {','.join(items)}")
     return tuple(objectives)
+
+
+def metric_settings(settings: Mapping[str, Mapping[str, object]] | None,
+                    objectives: Sequence[Objective]) -> dict[str, dict[str, object]]:
+    """``{metric: {setting: value}}`` with objective names replaced by their metric; unknown names raise.
+
+    Every key must be an objective (or its metric) of this search, and every setting one
+    that metric takes (``canonc.xai.metrics.METRICS[name].settings``).
+    """
+    by_name = {o.name: o.metric for o in objectives} | {o.metric: o.metric for o in objectives}
+    out: dict[str, dict[str, object]] = {}
+    for key, values in (settings or {}).items():
+        if key not in by_name:
+            raise InputError(f"metric setting for '{key}', which is not among the objectives "
+                             f"({', '.join(o.name for o in objectives)})")
+        metric = by_name[key]
+        allowed = METRICS[metric].settings
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise InputError(f"metric '{metric}' has no setting '{unknown[0]}'; its settings: {', '.join(allowed)}")
+        out.setdefault(metric, {}).update(values)
+    return out

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import optuna
-from optuna.samplers import BaseSampler, NSGAIISampler, TPESampler
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,7 +34,7 @@ from .db import connect, database_url, engine_kwargs, redact, tune_sqlite
 from .objectives import Objective
 from .space import Config, SearchSpace
 
-SAMPLERS = ("grid", "nsga2", "tpe")
+SAMPLERS = ("grid", "nsga2", "tpe", "random")
 SETTINGS_ATTR = "canonc_search"
 MAX_ATTEMPTS = 3
 """A budget slot whose trial failed this many times is given up (reported, not retried)."""
@@ -75,7 +75,7 @@ def grid_order(n: int) -> list[int]:
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int, budget: int) -> BaseSampler:
-    """Optuna sampler ``name`` (``grid``, ``nsga2``, ``tpe``).
+    """Optuna sampler ``name`` (``grid``, ``nsga2``, ``tpe``, ``random``).
 
     NSGA-II's population is a fifth of the budget (10 to 50), so a budget of ~100 trials
     runs five generations; TPE is multivariate with a constant liar for parallel workers.
@@ -89,6 +89,8 @@ def make_sampler(name: str, space: SearchSpace, seed: int, budget: int) -> BaseS
             return NSGAIISampler(population_size=max(10, min(50, budget // 5)), seed=seed)
         if name == "tpe":
             return TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=max(10, budget // 10))
+        if name == "random":
+            return RandomSampler(seed=seed)
     raise InputError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -105,7 +107,7 @@ class SearchStudy:
     objectives : tuple of Objective
         Objectives, in the study's value order.
     sampler : str
-        ``grid``, ``nsga2`` or ``tpe``.
+        ``grid``, ``nsga2``, ``tpe`` or ``random``.
     claims : SlotClaims
         Budget slots of the study.
     heartbeat_s : int
