@@ -17,7 +17,7 @@ from canonc.errors import InputError
 from canonc.search.cache import MetricCache, entry_key
 from canonc.search.db import connect
 from canonc.search.space import Config
-from canonc.search.study import open_study, run_trials, slot_summary
+from canonc.search.study import delete_study, open_study, run_trials, slot_summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -98,6 +98,16 @@ def test_slot_failing_three_times_is_given_up(tmp_path):
     assert len(slots["complete"]) + len(slots["given_up"]) == 4
     assert len(slots["given_up"]) >= 1 and canonized == 3 * len(slots["given_up"])
     assert all(not Config.from_dict(t.user_attrs["config"]).canonized for t in search.completed())
+
+
+def test_deleted_study_starts_afresh(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_trials(_open(url), toy_values, trials=3)
+    delete_study(url, "s")
+    again = _open(url)
+    assert again.claims.holders() == {} and again.completed() == []
+    run_trials(again, toy_values, trials=3)
+    assert sorted(t.user_attrs["slot"] for t in again.completed()) == [0, 1, 2]
 
 
 def test_refusals_of_new_resume_and_mismatched_settings(tmp_path):

@@ -5,8 +5,8 @@ point). A trial claims a free slot by inserting a row; the table's primary key
 ``(study, slot, attempt)`` makes the insert atomic across processes and machines, so
 two workers never hold one slot. A slot is free when it has no claim or every
 claiming trial failed (e.g. a killed worker's trial, failed by its stale heartbeat):
-the next claim is the next attempt. Nothing is ever deleted, so the table is also
-the log of which trial ran which slot.
+the next claim is the next attempt. Nothing is deleted while the study exists, so the
+table is also the log of which trial ran which slot.
 """
 
 from __future__ import annotations
@@ -88,3 +88,8 @@ class SlotClaims:
     def slot_of(self) -> dict[int, int]:
         """``{trial number: slot}`` of every claim."""
         return {t: slot for slot, trials in self.holders().items() for t in trials}
+
+    def clear(self) -> None:
+        """Delete every claim of the study (when the study itself is deleted)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(CLAIMS).where(CLAIMS.c.study == self.study))

@@ -77,7 +77,7 @@ def connect(url: str) -> sa.Engine:
         engine = tune_sqlite(sa.create_engine(url, **engine_kwargs(url)))
         try:
             METADATA.create_all(engine)
-        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):  # another worker created them first
+        except sa_exc.DBAPIError:  # another worker created them between the check and the CREATE: check again
             METADATA.create_all(engine)
     except sa_exc.ArgumentError as exc:
         raise InputError(f"--storage {url!r} is not a database URL; use sqlite:///study.db or postgresql://...") from exc

@@ -231,6 +231,15 @@ def open_study(url: str, name: str, space: SearchSpace, objectives: Sequence[Obj
     return SearchStudy(study, space, tuple(objectives), sampler, SlotClaims(engine, name), heartbeat_s, settings)
 
 
+def delete_study(url: str, name: str) -> None:
+    """Delete the study ``name`` and its budget claims from ``url`` (the metric cache stays); absent: nothing."""
+    url = database_url(url)
+    storage = _storage(url, 1)
+    if name in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    SlotClaims(connect(url), name).clear()
+
+
 def _stored_settings(study: optuna.Study, wait: bool) -> dict:
     deadline = time.monotonic() + (JOIN_WAIT_S if wait else 0.0)
     while True:
