@@ -1,24 +1,27 @@
 """Sweep ``timm.list_models()``: the fraction of models with BatchNorm or LayerNorm that canonc
 canonizes and verifies (target ≥ 95 %); every other model has its reason.
 
-Models run in a fixed random order (seed 0), so a partial sweep is a random sample; each in
-its own process (a crash, hang or out-of-memory costs one row). Rows are written after every
-model to ``benchmarks/results/timm_sweep.json`` and ``.md``; a second run resumes.
+Models run in a fixed random order (seed 0), so a partial sweep is a random sample, in a worker
+process that is replaced after a crash, hang or out-of-memory (which cost one row) and every
+``RECYCLE`` models. Rows are written after every model to ``benchmarks/results/timm_sweep.json``
+and ``.md``; a second run resumes.
 
 Usage::
 
     nice python benchmarks/bench_timm_sweep.py                     # resume the sweep
     python benchmarks/bench_timm_sweep.py --limit 20 --input-size 32
-    python benchmarks/bench_timm_sweep.py --one resnet18           # one row as JSON (child)
+    python benchmarks/bench_timm_sweep.py --one resnet18           # one row as JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import queue
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STEM = "timm_sweep"
 BYTES_PER_PARAM = 24  # fp32 original, fp64 copy, fp64 rewritten layers, fp32 artifact
+RECYCLE = 20  # models per worker process (bounds leaked memory)
 
 
 def norm_kind(name: str) -> tuple[str, int]:
@@ -68,20 +72,42 @@ def run_one(name: str, side: int, max_params: float) -> dict:
     return {**survey("timm", name, side), "norms": kind}
 
 
-def _child(name: str, side: int, max_params: float, timeout: float) -> dict:
-    start = time.perf_counter()
-    cmd = [sys.executable, __file__, "--one", name, "--input-size", str(side), "--max-params", str(max_params)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "status": "error", "reason": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return {"model": name, "status": "error", "reason": f"process died: {tail}"[:300]}
-    row = json.loads(lines[-1])
-    row["wall_s"] = round(time.perf_counter() - start, 1)
-    return row
+class Worker:
+    """A child process that canonizes the models it is sent, one JSON row per line."""
+
+    def __init__(self, side: int, max_params: float) -> None:
+        cmd = [sys.executable, __file__, "--worker", "--input-size", str(side), "--max-params", str(max_params)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, cwd=ROOT, bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.done = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def run(self, name: str, timeout: float) -> dict | None:
+        """The row of ``name``, or None when the worker died or timed out (it is then killed)."""
+        start = time.perf_counter()
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        self.done += 1
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            line = ""
+        if not line:
+            self.close()
+            return None
+        row = json.loads(line)
+        row["wall_s"] = round(time.perf_counter() - start, 1)
+        return row
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def summary(rows: list[dict]) -> dict:
@@ -122,6 +148,7 @@ def _save(rows: list[dict], out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--one", help="run one model and print its row as JSON")
+    p.add_argument("--worker", action="store_true", help="read model names from stdin, print one JSON row each")
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--max-params", type=float, default=100e6, help="skip larger models (default 100M)")
     p.add_argument("--limit", type=int, help="stop after this many new models")
@@ -130,6 +157,10 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.input_size, args.max_params)))
+        return
+    if args.worker:
+        for line in sys.stdin:
+            print(json.dumps(run_one(line.strip(), args.input_size, args.max_params)), flush=True)
         return
     import timm
 
@@ -140,12 +171,23 @@ def main() -> None:
     names = timm.list_models()
     random.Random(0).shuffle(names)
     todo = [n for n in names if n not in done][: args.limit]
+    worker = None
     for i, name in enumerate(todo, 1):
-        rows.append(_child(name, args.input_size, args.max_params, args.timeout))
+        if worker is None or worker.done >= RECYCLE or worker.proc.poll() is not None:
+            if worker is not None:
+                worker.close()
+            worker = Worker(args.input_size, args.max_params)
+        row = worker.run(name, args.timeout)
+        if row is None:
+            worker = None
+            row = {"model": name, "status": "error", "reason": f"worker died or took over {args.timeout:.0f} s"}
+        rows.append(row)
         _save(rows, out)
         s = summary(rows)
         print(f"[{i}/{len(todo)}] {name}: {rows[-1]['status']} {rows[-1].get('reason', '')[:120]} | "
               f"verified {s['verified']}/{s['with_norm_run']}", flush=True)
+    if worker is not None:
+        worker.close()
     s = summary(rows)
     print(f"timm_sweep_verified_fraction: {s['verified_fraction']}")
     print(f"timm_sweep_models_run: {s['with_norm_run']}")
