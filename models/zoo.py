@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from canonc.errors import InputError
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -54,11 +56,21 @@ def _draw_affine(bns: list[nn.Module], gen: torch.Generator) -> None:
 
 
 def load(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    """A bundled model by name: ``NAME`` is a torchvision classifier with randomized BN."""
+    """A bundled model by name and its input shape.
+
+    ``NAME-shapes`` (e.g. ``densenet121-shapes``) is a narrow topology trained on the shapes
+    benchmark (:mod:`models.shapes`); any other ``NAME`` is a torchvision classifier with
+    random weights and randomized BN.
+    """
     import torchvision
 
+    from .shapes import ARCHITECTURES, load_shapes
+
+    if name in ARCHITECTURES:
+        return load_shapes(name)
     if name not in torchvision.models.list_models(module=torchvision.models):
-        raise KeyError(name)
+        raise InputError(f"models:{name} is not a bundled model; use a torchvision classifier name "
+                         f"or one of {', '.join(ARCHITECTURES)}")
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None)
     return randomize_bn(model), (1, 3, 224, 224)
