@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from canonc.cli import main
+from canonc.xai.evaluate_cli import metric_settings
 
 FACTORY = "from evaluate_toy import INPUT_SHAPE, tiny_net as build\n"
 
@@ -48,6 +49,8 @@ def test_writes_table_csv_json_and_heatmaps(tmp_path, factory, capsys):
     (["--data", "shapes:4", "--canonized", "maybe"], "choose from no, yes"),
     (["--data", "shapes:4", "--device", "tpu9"], "--device tpu9"),
     (["--data", "no/such/folder"], "no such folder"),
+    (["--data", "shapes:4", "--set", "patch_size=4"], "METRIC.SETTING=VALUE"),
+    (["--data", "shapes:4", "--set", "sparseness.nope=1"], "has no setting 'nope'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, factory, capsys, args, message):
     out = tmp_path / "eval"
@@ -69,3 +72,10 @@ def test_output_that_is_a_file_is_refused(tmp_path, factory, capsys):
 def test_missing_parent_folder_is_refused(tmp_path, factory, capsys):
     assert main(["evaluate", factory, "--data", "shapes:2", "-o", str(Path(tmp_path, "a", "b"))]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_metric_settings_are_typed():
+    assert metric_settings(["region-perturbation.patch_size=4", "region-perturbation.baseline=blur",
+                            "avg-sensitivity.lower_bound=0.1", "rra.absolute=false"]) == {
+        "region-perturbation": {"patch_size": 4, "baseline": "blur"},
+        "avg-sensitivity": {"lower_bound": 0.1}, "rra": {"absolute": False}}

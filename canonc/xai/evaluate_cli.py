@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods (default %(default)s)")
     p.add_argument("--metrics", default="poster", help="poster (the six of the poster), all, or comma-separated names")
     p.add_argument("--canonized", default="no,yes", help="no, yes or no,yes (default %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="METRIC.SETTING=VALUE",
+                   help="a metric setting, e.g. region-perturbation.patch_size=4 (repeatable)")
     p.add_argument("--mask", default="segmentation", choices=MASK_KINDS, help="ground truth of the localisation metrics")
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 64 / 224)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -59,6 +61,27 @@ def metric_names(text: str) -> list[str]:
     if text == "all":
         return list(METRICS)
     return _names(text)
+
+
+def _value(text: str) -> object:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def metric_settings(items: list[str]) -> dict[str, dict[str, object]]:
+    """``["region-perturbation.patch_size=4", ...]`` → ``{"region-perturbation": {"patch_size": 4}}``."""
+    settings: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        metric, dot, name = key.partition(".")
+        if not (eq and dot and metric and name and value):
+            raise InputError(f"--set {item}: write METRIC.SETTING=VALUE, e.g. region-perturbation.patch_size=4")
+        settings.setdefault(metric.strip(), {})[name.strip()] = _value(value.strip())
+    return settings
 
 
 def _device(name: str) -> torch.device:
@@ -88,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be at least 1 and --examples at least 0")
     methods, canonized, metrics = _names(args.methods), _names(args.canonized), metric_names(args.metrics)
     check_choices(methods, canonized, metrics, args.mask)
+    settings = metric_settings(args.set)
     loaded = load(args.model, arch=args.arch, weights=args.weights, trust_pickle=args.trust_pickle)
     size = args.size or (loaded.input_shape[-1] if loaded.input_shape else None)
     data = load_data(args.data, size=size)
-    result = evaluate(loaded.model, data, methods=methods, canonized=canonized, metrics=metrics, mask=args.mask,
-                      seed=args.seed, batch_size=args.batch_size, device=device, examples=args.examples,
+    result = evaluate(loaded.model, data, methods=methods, canonized=canonized, metrics=metrics, settings=settings,
+                      mask=args.mask, seed=args.seed, batch_size=args.batch_size, device=device, examples=args.examples,
                       progress=not args.quiet, model_name=args.model)
     out.mkdir(exist_ok=True)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(result.to_markdown()))
