@@ -21,7 +21,7 @@ settings (``SETTINGS``), one torch thread per process.
 
 Run: ``nice python benchmarks/bench_search.py [--workers 2] [--seeds 5]``.
 The poster's full grid (6 γ values, 2 × 6⁴ = 2,592 configurations), same benchmark:
-``canonc search models:vgg13_bn-shapes --data shapes:32 --objectives faithfulness,localization-rma,robustness,complexity,randomisation --metric-setting region-perturbation.regions=16 --metric-setting avg-sensitivity.n_samples=2 -o out/poster-grid``
+``canonc search models:vgg13_bn-shapes --data shapes:32 --objectives faithfulness,localization-rma,robustness,complexity,randomisation --set region-perturbation.regions=16 --set avg-sensitivity.n_samples=2 -o out/poster-grid``
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ DOCS = ROOT / "docs"
 
 def _setting_flags() -> list[str]:
     return [f for metric, values in SETTINGS.items() for k, v in values.items()
-            for f in ("--metric-setting", f"{metric}.{k}={v}")]
+            for f in ("--set", f"{metric}.{k}={v}")]
 
 
 def measure_grid(args: argparse.Namespace, storage: str) -> float:

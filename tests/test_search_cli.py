@@ -31,7 +31,8 @@ def build():
     return randomize_bn(net, seed=0)
 '''
 OBJECTIVES = "faithfulness,localization-rma,robustness,complexity"
-SETTINGS = ["--metric-setting", "region-perturbation.regions=4", "--metric-setting", "avg-sensitivity.n_samples=1"]
+TRAINED = "models:vgg13_bn-shapes"
+SETTINGS = ["--set", "region-perturbation.regions=4", "--set", "avg-sensitivity.n_samples=1"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def net(tmp_path_factory) -> Path:
     return path
 
 
-def _search(net: Path, out: Path, *extra: str) -> int:
-    return main(["search", f"{net}:build", "--data", "shapes:2", "--objectives", OBJECTIVES, "--gammas", "0,10",
+def _search(model: str, out: Path, *extra: str) -> int:
+    return main(["search", model, "--data", "shapes:2", "--objectives", OBJECTIVES, "--gammas", "0,10",
                  *SETTINGS, "--quiet", "-o", str(out), *extra])
 
 
@@ -53,11 +54,11 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def test_a_trial_measures_the_real_metrics(net, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _search(net, out, "--trials", "1") == 0
+    assert _search(f"{net}:build", out, "--trials", "1") == 0
     (row,) = _rows(out)
     assert {p.name for p in out.iterdir()} >= {"report.md", "trials.csv", "gamma.png", "study.db"}
     before = (out / "trials.csv").read_bytes()
-    assert _search(net, out, "--trials", "1") == 2  # the study exists: refused without --resume
+    assert _search(f"{net}:build", out, "--trials", "1") == 2  # the study exists: refused without --resume
     assert "already exists" in capsys.readouterr().err
     assert (out / "trials.csv").read_bytes() == before
 
@@ -75,14 +76,26 @@ def test_a_trial_measures_the_real_metrics(net, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_tiny_search_on_the_trained_vgg13(tmp_path):
+    out = tmp_path / "out"
+    assert _search(TRAINED, out, "--trials", "4", "--sampler", "nsga2") == 0
+    rows = _rows(out)
+    assert len(rows) == 4
+    assert list(rows[0])[2:7] == ["canonized", "γ conv1-3", "γ conv4-7", "γ conv8-10", "γ classifier"]
+    assert all(r[g] in ("0", "10") for r in rows for g in ("γ conv1-3", "γ conv4-7", "γ conv8-10", "γ classifier"))
+    assert all(math.isfinite(float(r[o])) for r in rows for o in OBJECTIVES.split(","))
+    assert 0 <= min(float(r["localization-rma"]) for r in rows) <= max(float(r["localization-rma"]) for r in rows) <= 1
+
+
+@pytest.mark.slow
 def test_resume_keeps_trials_and_another_study_reuses_the_cache(net, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _search(net, out, "--trials", "2") == 0
+    assert _search(f"{net}:build", out, "--trials", "2") == 0
     first = _rows(out)
     assert len(first) == 2
 
     # resume to a larger budget: the first trials are kept unchanged
-    assert _search(net, out, "--trials", "3", "--resume") == 0
+    assert _search(f"{net}:build", out, "--trials", "3", "--resume") == 0
     resumed = _rows(out)
     assert len(resumed) == 3 and resumed[:2] == first
 
@@ -102,9 +115,10 @@ def test_resume_keeps_trials_and_another_study_reuses_the_cache(net, tmp_path, c
     (["--trials", "0"], "--trials 0: give at least 1"),
     (["--sampler", "tpe"], "--sampler tpe needs a budget"),
     (["--canonized", "perhaps"], "--canonized 'perhaps'"),
-    (["--metric-setting", "regions=4"], "write METRIC.NAME=VALUE"),
-    (["--metric-setting", "localization-rma.colour=1"], "metric 'rma' has no setting 'colour'"),
-    (["--metric-setting", "pixel-flipping.x=1"], "metric setting for 'pixel-flipping', which is not among the"),
+    (["--set", "regions=4"], "write METRIC.SETTING=VALUE"),
+    (["--set", "localization-rma.colour=1"], "metric 'rma' has no setting 'colour'"),
+    (["--device", "tpu"], "--device tpu: use cpu, or cuda"),
+    (["--set", "pixel-flipping.x=1"], "metric setting for 'pixel-flipping', which is not among the"),
     (["--groups", "2,2,classifier"], "groups '2,2,classifier': counts add up to 4, but the model has 3"),
     (["--data", "shapes:x"], "write shapes:N"),
 ])

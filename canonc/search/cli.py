@@ -6,15 +6,16 @@ A thin layer over :func:`canonc.search.search` and :func:`canonc.search.report.w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import optuna
+import torch
 
 from ..errors import InputError
 from ..load import load
 from ..xai.data import load_data
+from ..xai.evaluate_cli import metric_settings as parse_set_options
 from ..xai.groups import DEFAULT_GROUPS, layer_groups
 from .db import redact
 from .objectives import OBJECTIVE_METRICS, metric_settings, resolve_objectives
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="lrp-gamma",
                    help=f"method family to search, comma-separated from {', '.join(SEARCHABLE_METHODS)} (default lrp-gamma)")
     p.add_argument("--epsilons", help="ε values for methods with a dense-layer ε (default: the method's)")
-    p.add_argument("--metric-setting", action="append", default=[], metavar="METRIC.NAME=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="METRIC.SETTING=VALUE",
                    help="metric setting by metric or objective name, e.g. region-perturbation.regions=20 (repeatable)")
     p.add_argument("--storage", help="SQLAlchemy URL of the study (default sqlite:///OUTDIR/study.db)")
     p.add_argument("--study", default="canonc-search", help="study name (default canonc-search)")
@@ -65,22 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
-    """``["region-perturbation.regions=20"]`` → ``{"region-perturbation": {"regions": 20}}`` (values as JSON, else text)."""
-    out: dict[str, dict[str, object]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        metric, dot, name = key.rpartition(".")
-        if not sep or not dot or not metric or not name:
-            raise InputError(f"--metric-setting {item!r}: write METRIC.NAME=VALUE, e.g. region-perturbation.regions=20")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out.setdefault(metric, {})[name] = value
-    return out
-
-
 def _check(args: argparse.Namespace) -> str:
     """Validate the budget and outputs; return the storage URL."""
     if args.trials is not None and args.trials < 1:
@@ -89,6 +74,8 @@ def _check(args: argparse.Namespace) -> str:
         raise InputError(f"--timeout {args.timeout}: give a positive number of seconds")
     if args.sampler != "grid" and args.trials is None:
         raise InputError(f"--sampler {args.sampler} needs a budget: pass --trials N (--timeout may stop it earlier)")
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise InputError(f"--device {args.device}: use cpu, or cuda on a machine with a CUDA device")
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: give at least 1")
     if not args.output and not args.worker:
@@ -109,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                      "methods": parse_methods(args.methods),
                      "epsilons": parse_floats(args.epsilons, "--epsilons") if args.epsilons else ()}
     objectives = resolve_objectives(args.objectives)
-    settings = metric_settings(parse_settings(args.metric_setting), objectives)
+    settings = metric_settings(parse_set_options(args.set), objectives)
     loaded = load(args.model, trust_pickle=args.trust_pickle)
     layer_groups(loaded.model, args.groups)  # a spec that does not fit the model is refused before anything is written
     size = loaded.input_shape[-1] if loaded.input_shape else None
