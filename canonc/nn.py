@@ -296,19 +296,20 @@ class Offset(nn.Module):
 
     Parameters
     ----------
-    offset : Tensor
-        The constant, broadcastable onto the input; kept as a parameter.
+    shape : tuple of int
+        Shape of the offset (broadcastable onto the input); a parameter, zeros until loaded.
     """
 
-    def __init__(self, offset: torch.Tensor) -> None:
+    def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.offset = nn.Parameter(offset.detach().clone())
+        self.shape = tuple(shape)
+        self.offset = nn.Parameter(torch.zeros(self.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.offset
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.offset.shape)}"
+        return f"shape={self.shape}"
 
 
 CANONICAL_MODULES = CANONICAL_MODULES + (Offset,)

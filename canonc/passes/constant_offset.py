@@ -35,6 +35,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> None:
             if not (isinstance(value, torch.Tensor) and value.is_floating_point() and shape_of(node) == shape_of(x)):
                 continue
             if ctx.apply(RULE, node.name, "add of a constant → Offset"):
-                new = _call_new_module(gm, node, "offset", cnn.Offset(value), (x,))
+                module = cnn.Offset(tuple(value.shape)).to(value.dtype)
+                module.offset.data.copy_(value)
+                new = _call_new_module(gm, node, "offset", module, (x,))
                 ctx.rewrites[-1].detail = f"add of a constant {tuple(value.shape)} → Offset {new.target}"
             break
