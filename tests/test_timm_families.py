@@ -73,3 +73,30 @@ def test_unfused_attention_scale_absorbed(one_thread):
     products = [m for m in res.module.modules() if isinstance(m, cnn.MatMul)]
     assert [m.scale for m in products] == [pytest.approx(64 ** -0.5), 1.0]
     assert not [e for e in res.report.lint if e["kind"] in ("constant-affine", "functional-combine", "functional-layer")]
+
+
+class LinearNorm(nn.Module):
+    """LeViT's ``Linear → BatchNorm1d`` over the flattened tokens, then an activation and a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 6, bias=False)
+        self.bn = nn.BatchNorm1d(6)
+        self.act = nn.Hardswish()
+        self.bn_after_act = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        y = self.bn(self.linear(x).flatten(0, 1)).reshape_as(x)
+        z = self.act(y).transpose(1, 2)
+        return self.bn_after_act(z) + z
+
+
+def test_bn_over_linear_rows_merges_and_a_stuck_bn_becomes_a_layer(wild_bn, one_thread):
+    model = wild_bn(LinearNorm())
+    res = canonize(model, torch.randn(2, 5, 6))
+    assert res.report.verified and res.report.max_rel_error_fp64 <= 1e-9 and res.report.bn_after == 0
+    rules = {e["node"]: e["rule"] for e in res.report.rewrites if e["node"] in ("bn", "bn_after_act")}
+    assert rules == {"bn": "merge-left-views", "bn_after_act": "bn-as-layer"}
+    layer = res.module.get_submodule("bn_after_act")
+    assert type(layer) is nn.Conv1d and layer.groups == 6 and layer.kernel_size == (1,)
+    assert canonize(model, torch.randn(2, 5, 6), strategy="left-only").report.bn_after == 1

@@ -145,3 +145,30 @@ def test_torchvision_vit_b_16_224(one_thread):
     model = torchvision.models.vit_b_16(weights=None)
     randomize(model, (2, 3, 224, 224))
     check_transformer(model, torch.randn(1, 3, 224, 224), n_layernorm=25, unpack_mha=True)
+
+
+class PreNorm(nn.Module):
+    """LayerNorm feeding two Linears through views, and one feeding the residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+        self.cls_head = nn.Linear(8, 3)
+        self.stem_norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        x = self.stem_norm(x)
+        h = self.norm(x)
+        return self.head(self.fc(h.reshape(-1, 4, 8)).mean(1)) + self.cls_head(h[:, 0])
+
+
+def test_layernorm_affine_folds_into_linears_or_is_kept_with_reason(one_thread):
+    model = randomize(PreNorm(), (2, 4, 8))
+    res = canonize(model, torch.randn(2, 4, 8))
+    assert res.report.verified and res.report.max_rel_error_fp64 <= 1e-9
+    assert res.module.get_submodule("norm").elementwise_affine is False
+    assert res.module.get_submodule("stem_norm").elementwise_affine is True
+    skipped = [e for e in res.report.skipped if e["rule"] == "fold-norm-affine"]
+    assert [(e["node"], e["reason"]) for e in skipped] == [("stem_norm", "it feeds 'norm' (norm), not a Linear over its last axis")]
