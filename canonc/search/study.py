@@ -27,6 +27,7 @@ import optuna
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
 
 from ..errors import InputError
 from .claims import SlotClaims
@@ -38,6 +39,8 @@ SAMPLERS = ("grid", "nsga2", "tpe", "random")
 SETTINGS_ATTR = "canonc_search"
 MAX_ATTEMPTS = 3
 """A budget slot whose trial failed this many times is given up (reported, not retried)."""
+STORAGE_ATTEMPTS = 5
+"""Tries to open Optuna's storage while other workers create its tables."""
 JOIN_WAIT_S = 60.0
 """How long a joining worker waits for the study's creator to store the study's settings."""
 
@@ -164,13 +167,20 @@ def _first_difference(stored: dict, wanted: dict) -> str | None:
 
 
 def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_s,
-                                                 grace_period=3 * heartbeat_s)
-        except (ValueError, ImportError) as exc:
-            raise InputError(f"cannot open --storage {redact(url)}: {exc}") from exc
+    """Optuna's storage for ``url``; workers starting together may race to create its tables: retried."""
+    for attempt in range(STORAGE_ATTEMPTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), grace_period=3 * heartbeat_s,
+                                                     heartbeat_interval=heartbeat_s)
+                break
+            except (ValueError, ImportError) as exc:
+                raise InputError(f"cannot open --storage {redact(url)}: {exc}") from exc
+            except sa_exc.DBAPIError:
+                if attempt == STORAGE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 + random.random())
     tune_sqlite(storage.engine)
     return storage
 
