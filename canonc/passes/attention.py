@@ -36,8 +36,11 @@ def _sdpa_refusal(args: dict) -> str:
     if args.get("enable_gqa", False) is not False:
         return "grouped-query attention (enable_gqa) is not unrolled"
     mask = args.get("attn_mask")
-    if isinstance(mask, fx.Node) and isinstance(mask.meta.get("val"), torch.Tensor) and mask.meta["val"].dtype == torch.bool:
-        return "a boolean attention mask is not unrolled"
+    if mask is None:
+        return ""
+    value = mask.meta.get("val") if isinstance(mask, fx.Node) else mask
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return "an attention mask that is not a known float tensor (e.g. boolean) is not unrolled"
     return ""
 
 
