@@ -71,9 +71,16 @@ def resnet18(num_classes: int = NUM_CLASSES) -> resnet.ResNet:
 
 
 def efficientnet_b0(num_classes: int = NUM_CLASSES) -> efficientnet.EfficientNet:
-    """EfficientNet-B0: torchvision's B0 block config (depth 1.0) at width multiplier 0.25."""
+    """EfficientNet-B0: torchvision's B0 block config (depth 1.0) at width multiplier 0.25.
+
+    torchvision draws the head from ``U(±1/sqrt(num_classes))``, sized for 1000 classes; with
+    six classes that saturates the softmax at the start, so the head gets PyTorch's default
+    ``Linear`` initialisation instead.
+    """
     setting, last_channel = efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=1.0)
-    return efficientnet.EfficientNet(setting, dropout=0.2, last_channel=last_channel, num_classes=num_classes)
+    model = efficientnet.EfficientNet(setting, dropout=0.2, last_channel=last_channel, num_classes=num_classes)
+    model.classifier[1].reset_parameters()
+    return model
 
 
 def densenet121(num_classes: int = NUM_CLASSES) -> densenet.DenseNet:
