@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse-pooling", action="store_true", help="also fold an AvgPool feeding a Linear into the Linear")
     p.add_argument("--no-bias-map", action="store_true",
                    help="refuse to merge a BN right into a zero-padded or transposed conv (it needs a border bias map)")
+    p.add_argument("--bn-as-layer", action="store_true",
+                   help="turn a BN that no layer can absorb into a per-channel 1x1 conv (default: keep it, with its reason)")
     p.add_argument("--max-param-growth", type=float, default=6.0,
                    help="--strategy untangle clones producers only while parameters stay within this factor (default 6)")
     p.add_argument("--unpack-mha", action="store_true",
@@ -81,7 +83,7 @@ def pass_options(args: argparse.Namespace) -> dict:
     """The pass options (``ctx.options``) the command line asks for."""
     return {"fuse_chains": not args.no_fuse_chains, "max_chain_growth": args.max_chain_growth,
             "fuse_pooling": args.fuse_pooling, "bias_map": not args.no_bias_map,
-            "max_param_growth": args.max_param_growth, "unpack_mha": args.unpack_mha}
+            "max_param_growth": args.max_param_growth, "unpack_mha": args.unpack_mha, "bn_as_layer": args.bn_as_layer}
 
 
 def run_canonize(args: argparse.Namespace) -> int:

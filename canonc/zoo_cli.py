@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="canonize at most this many models")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--unpack-mha", action="store_true", help="unpack nn.MultiheadAttention (see canonc --help)")
+    p.add_argument("--bn-as-layer", action="store_true", help="a BN no layer can absorb becomes a per-channel conv (see canonc --help)")
     return p
 
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("canonizing", total=len(names))
         for name in names:
             progress.update(task, description=name)
-            rows.append(survey(args.source, name, args.input_size, {"unpack_mha": args.unpack_mha}))
+            rows.append(survey(args.source, name, args.input_size, {"unpack_mha": args.unpack_mha, "bn_as_layer": args.bn_as_layer}))
             progress.advance(task)
     _print_table(rows)
     if args.json:

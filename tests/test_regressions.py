@@ -102,15 +102,17 @@ def test_functional_relu_between_conv_and_bn_blocks_the_merge(wild_bn):
     model = wild_bn(ReluBetween()).double()
     result, err = _canon(model, (1, 3, 8, 8))
     assert err <= 1e-9 and result.report.verified
+    assert (result.report.bn_before, result.report.bn_after) == (1, 1)
     assert torch.equal(result.module.conv.weight, model.conv.weight)  # nothing folded across the ReLU
     assert isinstance(result.module.get_submodule(_calls(result.module)[1]), nn.ReLU)  # the relu is a module now
+    lint = [item for item in result.report.lint if item["kind"] == "batchnorm-left"]
+    assert [item["node"] for item in lint] == ["bn"] and "relu" in lint[0]["reason"]
     assert any(s["rule"] == "merge-left" and s["node"] == "bn" and "relu" in s["reason"] for s in result.report.skipped)
-    # Last resort: the BN that cannot merge becomes an explicit per-channel conv, with the reason kept.
-    assert (result.report.bn_before, result.report.bn_after) == (1, 0)
-    last = result.module.get_submodule(_calls(result.module)[2])
-    assert isinstance(last, nn.Conv2d) and last.groups == 4 and last.kernel_size == (1, 1)
-    as_layer = [r for r in result.report.rewrites if r["rule"] == "bn-as-layer"]
-    assert [r["node"] for r in as_layer] == ["bn"] and "relu" in as_layer[0]["detail"]
+    # Opt-in last resort: the same BN becomes an explicit per-channel conv, with the reason kept.
+    as_layer = canonize(model, torch.randn(1, 3, 8, 8, dtype=torch.float64), options={"bn_as_layer": True})
+    assert as_layer.report.bn_after == 0 and torch.equal(as_layer.module.conv.weight, model.conv.weight)
+    rewrites = [r for r in as_layer.report.rewrites if r["rule"] == "bn-as-layer"]
+    assert [r["node"] for r in rewrites] == ["bn"] and "relu" in rewrites[0]["detail"]
 
 
 class HeadFirst(nn.Module):

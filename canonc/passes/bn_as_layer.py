@@ -5,7 +5,9 @@ feeds a residual sum: RepVGG / MobileOne identity branches, ConvMixer, DPN's las
 ``BN(x) = s·x + t`` becomes a depthwise 1×1 ``ConvNd`` (``groups = C``, weight ``s``, bias
 ``t``): the same function, but XAI tools see a linear layer and apply its rule, where
 zennit's composites pass a BatchNorm through as if it were the identity. The log keeps
-why the BN could not merge. Not under ``strategy="left-only"``, nor with bias maps disabled
+why the BN could not merge. Opt-in (``options={"bn_as_layer": True}``, ``--bn-as-layer``): by
+default such a BN stays, listed with its reason, because as a layer its relevance gets another
+rule. Not under ``strategy="left-only"``, nor with bias maps disabled
 (``--no-bias-map`` keeps a BN that only a border correction could absorb; a per-channel layer
 in front of the padded conv would be that correction in another form).
 """
@@ -35,7 +37,8 @@ def per_channel_conv(s: torch.Tensor, t: torch.Tensor, ndim: int) -> nn.Module:
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace every BatchNorm left in the graph by a per-channel conv (input 3-D to 5-D)."""
-    if ctx.options.get("strategy", "auto") == "left-only" or ctx.options.get("bias_map", True) is False:
+    if (not ctx.options.get("bn_as_layer", False) or ctx.options.get("strategy", "auto") == "left-only"
+            or ctx.options.get("bias_map", True) is False):
         return
     for node in list(gm.graph.nodes):
         bn = get_module(gm, node)
