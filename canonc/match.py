@@ -37,10 +37,11 @@ import re
 import torch
 from torch import fx, nn
 
+from . import nn as cnn
 from .graph import linear_base
 
 IN_PLACE_RULES = frozenset({"merge-left", "modularize", "unshare", "no-inplace", "lift-functional", "drop-identity",
-                            "split-norm-act"})
+                            "split-norm-act", "inference-in-place"})
 _INPLACE = re.compile(r",?\s*inplace=(True|False)")
 _HELPERS = {torch.stack, torch.broadcast_tensors}
 
@@ -52,10 +53,15 @@ def data_inputs(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+def _kind(module: nn.Module) -> type:
+    """The module's class, with canonc's inference ReLU counted as the ``nn.ReLU`` it stands for."""
+    return nn.ReLU if isinstance(module, cnn.ReLU) else type(module)
+
+
 def _same_module(a: nn.Module, b: nn.Module) -> bool:
     if a is b:
         return True
-    if type(a) is not type(b) or _INPLACE.sub("", a.extra_repr()) != _INPLACE.sub("", b.extra_repr()):
+    if _kind(a) is not _kind(b) or _INPLACE.sub("", a.extra_repr()) != _INPLACE.sub("", b.extra_repr()):
         return False
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(
