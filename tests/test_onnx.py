@@ -47,6 +47,12 @@ def _bias_map() -> nn.Module:
     return m
 
 
+def _offset() -> nn.Module:
+    m = cnn.Offset((4, 6, 6))
+    m.offset.data.normal_(generator=torch.Generator().manual_seed(2))
+    return m
+
+
 def _linked_relu() -> nn.Module:
     relu = cnn.ReLU()
     relu.overwrite_output_of(nn.Identity())  # in place in plain inference: the export must see Relu
@@ -63,6 +69,9 @@ CANONICAL_CASES = {
     "Mul": (cnn.Mul, lambda m, x: m(x, torch.tanh(x)), "Tanh"),
     "BiasMap": (_bias_map, lambda m, x: m(x, x.shape), "Conv"),
     "Concat": (lambda: cnn.Concat(1), lambda m, x: m([x, torch.relu(x)])[:, ::2], "Concat"),
+    "PadSame": (lambda: cnn.PadSame((3, 3), (2, 2), (1, 1)), lambda m, x: m(x)[:, :, 1:, 1:], "Pad"),
+    "MatMul": (lambda: cnn.MatMul(0.5), lambda m, x: m(x, x.transpose(-1, -2)), "MatMul"),
+    "Offset": (_offset, lambda m, x: m(x), "Add"),
 }
 
 
