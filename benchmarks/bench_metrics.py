@@ -8,6 +8,9 @@ Cases (``--case``):
 - ``densenet121-shapes-64``: the trained narrow DenseNet-121 ``models:densenet121-shapes``,
   canonized; 256 images of the shapes test split at 64 px; targets are the labels (of 6).
   Without a committed checkpoint the untrained topology (BN randomized) is used, and said so.
+- ``tinyconv-224``: one strided conv, ReLU, pooling and a 1000-class linear layer, random
+  weights; 64 images at 224 px. Its forward and LRP passes cost almost nothing, so this case
+  shows the frameworks' own overhead, which the real models' compute hides on a CPU.
 
 Both sides explain with ``lrp-epsilon-plus`` through the same function, :func:`canonc.xai.explain`
 (zennit composites on the canonized model); quantus gets it as ``explain_func`` and computes its
@@ -56,15 +59,18 @@ from models.zoo import randomize_bn  # noqa: E402
 
 METHOD = "lrp-epsilon-plus"
 QUANTUS_CHUNK = 64
-CASES = {  # name → (images, quick images, size, region patch size, explanation batch)
-    "vgg16_bn-224": (64, 4, 224, 14, 16),
-    "densenet121-shapes-64": (256, 32, 64, 4, 64),
-}
 
 
 def _vgg16_bn() -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
     return randomize_bn(torchvision.models.vgg16_bn(weights=None), seed=0), "VGG-16-BN, random weights"
+
+
+def _tiny_conv() -> tuple[torch.nn.Module, str]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4, padding=2), torch.nn.ReLU(), torch.nn.AvgPool2d(8),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 7 * 7, 1000))
+    return model.eval(), "tiny conv net, random weights"
 
 
 def _densenet_shapes() -> tuple[torch.nn.Module, str]:
@@ -76,6 +82,13 @@ def _densenet_shapes() -> tuple[torch.nn.Module, str]:
         print(f"# {exc}; using the untrained topology", flush=True)
         torch.manual_seed(0)
         return randomize_bn(ARCHITECTURES["densenet121-shapes"](), seed=0), "UNTRAINED DenseNet-121 topology"
+
+
+CASES = {  # name → (model builder, images, quick images, size, region patch size, explanation batch)
+    "vgg16_bn-224": (_vgg16_bn, 64, 4, 224, 14, 16),
+    "densenet121-shapes-64": (_densenet_shapes, 256, 32, 64, 4, 64),
+    "tinyconv-224": (_tiny_conv, 64, 8, 224, 14, 64),
+}
 
 
 def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
@@ -139,9 +152,9 @@ def run_canonc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: 
 
 def bench(case: str, args: argparse.Namespace) -> dict:
     """One case: both sides, printed and returned as a dict."""
-    n_full, n_quick, size, patch, batch = CASES[case]
+    build, n_full, n_quick, size, patch, batch = CASES[case]
     n = args.images or (n_quick if args.quick else n_full)
-    model, what = _vgg16_bn() if case.startswith("vgg") else _densenet_shapes()
+    model, what = build()
     data = shapes_benchmark(n, size=size, seed=TEST_SEED)
     model = canonc.canonize(model, data.images[:1]).module.to(args.device).eval()
     with torch.no_grad():  # also the forward warm-up
