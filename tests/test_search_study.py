@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 from search_toy import OBJECTIVES, SPACE, toy_values
 
 from canonc.errors import InputError
+from canonc.search import study as study_module
 from canonc.search.cache import MetricCache, entry_key
 from canonc.search.db import connect
-from canonc.search.space import Config
+from canonc.search.space import Config, SearchSpace
 from canonc.search.study import delete_study, open_study, run_trials, slot_summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,6 +60,22 @@ def test_optuna_samplers_complete_the_trial_budget(tmp_path, sampler):
     assert len(slots["complete"]) == 12 and len(search.completed()) == 12
     assert search.study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert all(Config.from_dict(t.user_attrs["config"]) in SPACE.grid() for t in search.completed())
+
+
+def test_repeated_configurations_are_told_their_values_without_using_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_module, "MAX_REPEATS", 20)
+    small = SearchSpace(SPACE.groups, (0.0, 1.0), (True,))  # 4 configurations
+    search = open_study(f"sqlite:///{tmp_path / 'db.sqlite'}", "s", small, OBJECTIVES, "random", context={}, budget=6,
+                        heartbeat_s=1)
+    measured = []
+    slots = run_trials(search, lambda c: measured.append(c.key()) or toy_values(c), trials=6)
+    # every configuration is measured once; then 20 repeats in a row end the run with 2 slots unused
+    assert len(measured) == len(set(measured)) == 4 == len(slots["complete"]) and len(slots["free"]) == 2
+    repeats = [t for t in search.study.get_trials() if "repeat_of" in t.user_attrs]
+    assert len(repeats) >= 20 and len(search.completed()) == 4
+    for t in repeats:
+        original = search.study.get_trials()[t.user_attrs["repeat_of"]]
+        assert t.values == original.values and t.user_attrs["config"] == original.user_attrs["config"]
 
 
 def test_sampler_needs_a_budget(tmp_path):

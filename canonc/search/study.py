@@ -41,6 +41,8 @@ MAX_ATTEMPTS = 3
 """A budget slot whose trial failed this many times is given up (reported, not retried)."""
 STORAGE_ATTEMPTS = 5
 """Tries to open Optuna's storage while other workers create its tables."""
+MAX_REPEATS = 100
+"""A sampler that proposes only measured configurations this many times in a row has nothing new to try."""
 JOIN_WAIT_S = 60.0
 """How long a joining worker waits for the study's creator to store the study's settings."""
 
@@ -141,9 +143,9 @@ class SearchStudy:
         return {t.number: t.state for t in self.study.get_trials(deepcopy=False)}
 
     def completed(self) -> list[FrozenTrial]:
-        """Completed trials in the order they completed."""
+        """Completed trials that measured a configuration (no repeats), in the order they completed."""
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return sorted(done, key=lambda t: (t.datetime_complete, t.number))
+        return sorted((t for t in done if "slot" in t.user_attrs), key=lambda t: (t.datetime_complete, t.number))
 
 
 def study_settings(space: SearchSpace, objectives: Sequence[Objective], sampler: str,
@@ -283,7 +285,14 @@ def run_trials(search: SearchStudy, evaluate: Evaluate, *, trials: int | None = 
 
     Free slots are claimed one trial at a time; when none is free but other workers'
     trials still run, this waits for them (or for their heartbeat to go stale, which
-    frees the slot again). ``on_trial(search, n_slots)`` is called after every trial.
+    frees the slot again). ``on_trial(search, n_slots)`` is called at the start and after
+    every trial.
+
+    The grid claims a slot first (the slot is its grid point). A sampler draws first: a
+    configuration the study has already measured is told its known values at once, as a
+    *repeat* that claims no slot (the values are deterministic, so the budget counts
+    distinct configurations); after ``MAX_REPEATS`` repeats in a row the sampler is taken
+    to have nothing new to propose and the run stops.
 
     Returns
     -------
@@ -294,18 +303,35 @@ def run_trials(search: SearchStudy, evaluate: Evaluate, *, trials: int | None = 
     start = time.monotonic()
     states: dict[int, TrialState] = {}
     free: list[int] = []
+    repeats = 0
+    if on_trial is not None:
+        on_trial(search, n_slots)
 
-    def objective(trial: optuna.Trial) -> list[float]:
+    def claim(trial: optuna.Trial) -> None:
         slot = search.claims.claim(trial.number, free, states)
         if slot is None:
             raise optuna.TrialPruned("no budget slot left")
         trial.set_user_attr("slot", slot)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        nonlocal repeats
+        if search.sampler == "grid":
+            claim(trial)
         config = search.space.suggest(trial)
         trial.set_user_attr("config", config.as_dict())
+        if search.sampler != "grid":
+            known = {Config.from_dict(t.user_attrs["config"]).key(): t for t in search.completed()}
+            measured = known.get(config.key())
+            if measured is not None:
+                repeats += 1
+                trial.set_user_attr("repeat_of", measured.number)
+                return list(measured.values)
+            claim(trial)
+        repeats = 0
         values = evaluate(config)
         return [float(values[o.metric]) for o in search.objectives]
 
-    while timeout_s is None or time.monotonic() - start < timeout_s:
+    while (timeout_s is None or time.monotonic() - start < timeout_s) and repeats < MAX_REPEATS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(search.study)
