@@ -98,15 +98,22 @@ def randomize(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> 
                 weight.copy_(w.view_as(weight))
             if isinstance(bias, torch.Tensor) and bias.is_floating_point():
                 bias.copy_((torch.randn(bias.numel(), generator=gen) * 0.5).view_as(bias))
-    if bns:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(2):
-                model(torch.randn(input_shape, generator=gen))
+    calibrate_bn(model, bns, input_shape, gen)
     return model.eval()
+
+
+def calibrate_bn(model: nn.Module, bns: list[nn.Module], input_shape: tuple[int, ...],
+                 gen: torch.Generator) -> None:
+    """Reset ``bns``' running statistics and re-estimate them (``momentum=None``) on two random batches."""
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(input_shape, generator=gen))
 
 
 def timm_names(pattern: str = "*") -> list[str]:

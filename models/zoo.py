@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from canonc.errors import InputError
+from canonc.zoo import calibrate_bn
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -28,14 +29,8 @@ def randomize_bn(model: nn.Module, *, seed: int = 0, input_shape: tuple[int, ...
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     if draw_first:
         _draw_affine(bns, gen)
-    if calibrate and bns:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(2):
-                model(torch.randn(input_shape, generator=gen))
+    if calibrate:
+        calibrate_bn(model, bns, input_shape, gen)
     if not draw_first:
         _draw_affine(bns, gen)
     return model.eval()
