@@ -75,10 +75,12 @@ def efficientnet_b0(num_classes: int = NUM_CLASSES) -> efficientnet.EfficientNet
 
     torchvision draws the head from ``U(±1/sqrt(num_classes))``, sized for 1000 classes; with
     six classes that saturates the softmax at the start, so the head gets PyTorch's default
-    ``Linear`` initialisation instead.
+    ``Linear`` initialisation instead. Stochastic depth is off (probability 0; the modules
+    stay): the narrow net then learns within the training budget.
     """
     setting, last_channel = efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=1.0)
-    model = efficientnet.EfficientNet(setting, dropout=0.2, last_channel=last_channel, num_classes=num_classes)
+    model = efficientnet.EfficientNet(setting, dropout=0.2, stochastic_depth_prob=0.0, last_channel=last_channel,
+                                      num_classes=num_classes)
     model.classifier[1].reset_parameters()
     return model
 
