@@ -14,7 +14,8 @@ Hypervolume: every objective is normalised by the grid's range (0 = the grid's b
 value, 1 = its worst; :func:`canonc.search.pareto.normalised_losses`), the reference
 point is 1.1 in every objective, and each sampler's hypervolume is divided by the full
 grid's. Prints ``name: value`` lines; writes ``benchmarks/results/search_benchmark.json``,
-the grid's report (``benchmarks/results/search_vgg13_bn/``), ``docs/search-gamma.png``
+the grid's report (``out/bench_search/report/``; ``report.md``, ``trials.csv`` and two figures
+copied to ``benchmarks/results/search_vgg13_bn/``), ``docs/search-gamma.png``
 (the poster's figure) and ``docs/search-hypervolume.png``.
 
 Benchmark: 32 shapes images at 64 px (``shapes:32``, the held-out seed), the poster's six
@@ -61,6 +62,8 @@ SAMPLERS = ("nsga2", "tpe", "random")
 WORK = ROOT / "out" / "bench_search"
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
+KEPT = ("report.md", "trials.csv", "gamma.png", "hypervolume.png")
+"""Files of the grid's report kept in the repository (the rest stays in the work folder)."""
 
 
 def _setting_flags() -> list[str]:
@@ -146,8 +149,13 @@ def main() -> None:
     info = {"study": "grid", "model": loaded.name, "data": args.data, "sampler": "grid", "objectives": OBJECTIVES,
             "settings": json.dumps(SETTINGS)}
     docs = DOCS if args.results == RESULTS else args.results
-    write_report(grid, grid_run.study.space, args.results / "search_vgg13_bn", info)
-    shutil.copyfile(args.results / "search_vgg13_bn" / "gamma.png", docs / "search-gamma.png")
+    report = args.work / "report"
+    write_report(grid, grid_run.study.space, report, info)
+    kept = args.results / "search_vgg13_bn"
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        shutil.copyfile(report / name, kept / name)
+    shutil.copyfile(report / "gamma.png", docs / "search-gamma.png")
     plot_hypervolume(histories, docs / "search-hypervolume.png",
                      title=f"{loaded.name} on {args.data}: grid {grid_hv:.3f} after {len(grid.trials)} evaluations")
     (args.results / "search_benchmark.json").write_text(json.dumps(figures, indent=1) + "\n")

@@ -164,8 +164,16 @@ def _first_difference(stored: dict, wanted: dict) -> str | None:
             if inner:
                 return f"{key}.{inner}"
         elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            return f"{key} (stored {json.dumps(a, default=str)}, asked {json.dumps(b, default=str)})"
+            return f"{key} (stored {_brief(a)}, asked {_brief(b)})"
     return None
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """A setting for a one-line message: the names of a list of named items, else JSON cut at ``limit``."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return ",".join(str(v["name"]) for v in value)
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
