@@ -10,6 +10,8 @@ from canonc.cli import main
 
 OUT = Path("out/demo")
 DEMO_DATA = "shapes:32"
+# Pahde et al.'s Region Perturbation (14 px patches, 50 regions at 224 px) scaled to 64 px.
+POSTER_SETTINGS = ["--set", "region-perturbation.patch_size=4", "--set", "region-perturbation.regions=50"]
 
 
 def run() -> int:
@@ -25,7 +27,8 @@ def run() -> int:
         return rc
     print(f"\nEvaluation of models:densenet121-shapes on {DEMO_DATA} (EB, LRP-α2β1, LRP-ε+; canonized no/yes; "
           "the poster's six metrics):", flush=True)
-    return main(["evaluate", "models:densenet121-shapes", "--data", DEMO_DATA, "-o", str(OUT / "evaluate")])
+    return main(["evaluate", "models:densenet121-shapes", "--data", DEMO_DATA, *POSTER_SETTINGS,
+                 "-o", str(OUT / "evaluate")])
 
 
 if __name__ == "__main__":

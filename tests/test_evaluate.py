@@ -69,6 +69,20 @@ def test_markdown_marks_direction_and_best(result):
         assert bold == [max(result.rows(), key=lambda r: means[r][metric])]
 
 
+def test_canonization_effect_is_the_paired_difference(result):
+    diff = result.scores[("eb", "yes")]["rma"] - result.scores[("eb", "no")]["rma"]
+    mean, se = result.effects()[("eb", "rma")]
+    assert mean == pytest.approx(float(diff.mean()), abs=1e-12)
+    assert se == pytest.approx(float(diff.std()) / math.sqrt(6), abs=1e-12)
+    lines = result.to_markdown().splitlines()
+    start = lines.index("| method | Δ ↑ Sparseness | Δ ↑ RRA | Δ ↑ RMA | Δ ↑ Region Perturbation |")
+    assert lines[start + 2].startswith("| EB | ") and f"{mean:+.3f} ± {2 * se:.3f}" in lines[start + 2]
+    assert len(lines) == start + 2 + 2  # one row per method
+    only_yes = EvaluationResult("m", "d", ["eb"], ["yes"], result.metrics,
+                                {("eb", "yes"): result.scores[("eb", "yes")]}, result.labels)
+    assert only_yes.effects() == {} and "effect" not in only_yes.to_markdown()
+
+
 def test_csv_and_json_carry_the_means_and_samples(result):
     rows = list(csv.DictReader(io.StringIO(result.to_csv())))
     assert len(rows) == 4 and rows[1]["method"] == "eb" and rows[1]["canonized"] == "yes"
@@ -77,6 +91,7 @@ def test_csv_and_json_carry_the_means_and_samples(result):
     assert doc["n"] == 6 and doc["model"] == "tiny" and doc["labels"] == result.labels.tolist()
     assert [m["higher_is_better"] for m in doc["metrics"]] == [True, True, True, True]
     assert doc["rows"][3]["scores"]["rma"] == result.scores[("lrp-epsilon-plus", "yes")]["rma"].tolist()
+    assert len(doc["effects"]) == 2 * 4 and doc["effects"][0]["method"] == "eb"
 
 
 def test_nan_scores_become_null_and_are_skipped_in_means(result):

@@ -30,7 +30,8 @@ def test_writes_table_csv_json_and_heatmaps(tmp_path, factory, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["heatmaps.png", "results.json", "table.csv", "table.md"]
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == "| method | canonized | ↑ Sparseness | ↑ RRA | ↑ pointing-game |"
-    assert len(table) == 2 + 4 + 2  # header, rule, 2 methods × 2, blank, caption
+    assert len(table) == 2 + 4 + 2 + 5 + 2  # header, rule, 2 methods × 2, blank, caption; effect title, its header, 2 rows
+    assert table[-2].startswith("| EB | ") and table[-1].startswith("| LRP-ε+ | ")
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert [(r["method"], r["canonized"]) for r in rows] == [("eb", "no"), ("eb", "yes"),
                                                              ("lrp-epsilon-plus", "no"), ("lrp-epsilon-plus", "yes")]

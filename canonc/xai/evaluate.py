@@ -96,8 +96,42 @@ class EvaluationResult:
             out[metric] = [row for row, v in values.items() if v == top]
         return out
 
+    def effects(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Per (method, metric) the paired mean of canonized yes − no over images, and its standard error.
+
+        Empty unless both ``"no"`` and ``"yes"`` were evaluated; images where either score is
+        NaN are left out.
+        """
+        if set(self.canonized) != set(CANONIZED):
+            return {}
+        out = {}
+        for method in self.methods:
+            for metric in self.metrics:
+                diff = self.scores[(method, "yes")][metric] - self.scores[(method, "no")][metric]
+                diff = diff[~diff.isnan()]
+                se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+                out[(method, metric)] = (float(diff.mean()) if len(diff) else math.nan, se)
+        return out
+
+    def _effects_markdown(self, digits: int) -> list[str]:
+        effects = self.effects()
+        if not effects:
+            return []
+        head = ["method", *(f"Δ {metric_label(m)}" for m in self.metrics)]
+        lines = ["", "Canonization effect, yes − no, paired over images (± 2 standard errors):", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in self.methods:
+            cells = [f"{effects[(method, m)][0]:+.{digits}f} ± {2 * effects[(method, m)][1]:.{digits}f}"
+                     for m in self.metrics]
+            lines.append("| " + " | ".join([METHOD_LABELS.get(method, method), *cells]) + " |")
+        return lines
+
     def to_markdown(self, digits: int = 3) -> str:
-        """The table: rows method × canonized, columns metrics with ↑/↓, best per column in bold."""
+        """The table: rows method × canonized, columns metrics with ↑/↓, best per column in bold.
+
+        When both canonized settings were evaluated, a second table gives the paired effect
+        of canonization per method and metric (see :meth:`effects`).
+        """
         means, best = self.means(), self.best()
         head = ["method", "canonized", *(metric_label(m) for m in self.metrics)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -109,7 +143,7 @@ class EvaluationResult:
             lines.append("| " + " | ".join([METHOD_LABELS.get(row[0], row[0]), row[1], *cells]) + " |")
         n = len(self.labels)
         lines.append(f"\n{self.model} on {self.data} ({n} images); mean over images, best per column in bold.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + self._effects_markdown(digits)) + "\n"
 
     def to_csv(self) -> str:
         """One line per row: method, canonized, then the mean of each metric (full precision)."""
@@ -132,6 +166,8 @@ class EvaluationResult:
                       "scores": {m: [_json_float(v) for v in self.scores[row][m].tolist()] for m in self.metrics}}
                      for row in self.rows()],
             "best": {m: [list(row) for row in rows] for m, rows in best.items()},
+            "effects": [{"method": method, "metric": metric, "mean": _json_float(mean), "se": _json_float(se)}
+                        for (method, metric), (mean, se) in self.effects().items()],
             **self.info,
         }
 
