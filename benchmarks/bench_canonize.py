@@ -7,7 +7,8 @@ Prints ``name: value`` lines:
   (target: resnet50 < 0.5 s on 2 cores);
 - ``forward_ratio/<model>``: forward time of the canonized model divided by that of
   ``torch.fx.experimental.optimization.fuse`` (BN folded into conv, nothing else changed),
-  batch 8, 224 px, float32; repetitions interleaved, medians compared (target ≤ 1.05).
+  batch 8, 224 px, float32; repetitions interleaved, medians compared, each model in a fresh
+  process (target ≤ 1.05).
   ``forward_cpu_ratio`` is the same with process CPU time, steadier on a loaded machine.
 
 Large activations (canonc's stacked residuals exceed glibc's 32 MB mmap threshold) pay
@@ -21,6 +22,7 @@ import argparse
 import copy
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,24 +87,37 @@ def forward_times(model: nn.Module, batch: int, repeats: int) -> dict[str, float
     return out
 
 
+def print_forward(name: str, batch: int, repeats: int) -> None:
+    """Print the forward lines of ``name``."""
+    t = forward_times(zoo_model(name), batch, repeats)
+    for clock in ("wall", "cpu"):
+        print(f"forward_{clock}_s/{name}: canonc {t[f'canonc_{clock}']:.3f}  fx_fuse {t[f'fx_fuse_{clock}']:.3f}")
+    print(f"forward_ratio/{name}: {t['canonc_wall'] / t['fx_fuse_wall']:.3f}")
+    print(f"forward_cpu_ratio/{name}: {t['canonc_cpu'] / t['fx_fuse_cpu']:.3f}"
+          f"  (outputs differ by {t['rel_diff']:.1g} of max |y|: fp32 rounding of the folds)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both benchmarks and print ``name: value`` lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="canonize runs (best) and forward pairs (median)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--forward-only", metavar="MODEL", help=argparse.SUPPRESS)  # one comparison, this process
     args = parser.parse_args(argv)
+    if args.forward_only:
+        print_forward(args.forward_only, args.batch, args.repeats)
+        return 0
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={thp}")
+    # Each forward comparison runs in a fresh process: large earlier allocations (float64 builds,
+    # another model's activations) leave glibc's heap in a state that slows whichever side
+    # allocates differently by up to 13 %, so in one process the ratio depends on the order.
+    for name in ("resnet50", "vgg16_bn"):
+        cmd = [sys.executable, __file__, "--forward-only", name, "--batch", str(args.batch), "--repeats", str(args.repeats)]
+        print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout, end="", flush=True)
     for name in ("resnet50", "efficientnet_b0"):
         wall, cpu = canonize_seconds(zoo_model(name), args.repeats)
         print(f"canonize_s/{name}: {wall:.3f}  (cpu {cpu:.3f})", flush=True)
-    for name in ("resnet50", "vgg16_bn"):
-        t = forward_times(zoo_model(name), args.batch, args.repeats)
-        for clock in ("wall", "cpu"):
-            print(f"forward_{clock}_s/{name}: canonc {t[f'canonc_{clock}']:.3f}  fx_fuse {t[f'fx_fuse_{clock}']:.3f}")
-        print(f"forward_ratio/{name}: {t['canonc_wall'] / t['fx_fuse_wall']:.3f}")
-        print(f"forward_cpu_ratio/{name}: {t['canonc_cpu'] / t['fx_fuse_cpu']:.3f}"
-              f"  (outputs differ by {t['rel_diff']:.1g} of max |y|: fp32 rounding of the folds)", flush=True)
     return 0
 
 

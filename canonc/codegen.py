@@ -119,6 +119,8 @@ def _global_line(name: str, obj: object) -> str:
         return f"{name} = {_literal(obj)}"
     module = getattr(obj, "__module__", None)
     qual = getattr(obj, "__qualname__", None)
+    if module == cnn.__name__ and getattr(cnn, qual or "", None) is obj:  # defined in the inlined canonc.nn
+        return f"{name} = {qual}"
     if module and qual and "." not in qual:
         try:
             if getattr(importlib.import_module(module), qual) is obj:

@@ -19,7 +19,7 @@ from . import nn as cnn
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 _FREE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "dim", "unsqueeze",
                  "squeeze", "expand", "chunk", "split", "__getitem__"}
-_FREE_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.stack, torch.cat,
+_FREE_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.stack, cnn.stack_summands, torch.cat,
                    torch.unsqueeze, torch.squeeze, torch.broadcast_tensors, operator.getitem, getattr}
 
 

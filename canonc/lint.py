@@ -30,7 +30,7 @@ _FUNCTIONAL_LAYERS = {F.batch_norm: "batch_norm", F.layer_norm: "layer_norm", F.
                       F.rms_norm: "rms_norm", torch.baddbmm: "baddbmm"}
 _VIEWS = ("flatten", "reshape", "view", "permute", "transpose", "contiguous")
 _AFFINE_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
-_TRUSTED_ROOTS = {"", "torch", "_operator", "operator", "builtins", "math"}
+_TRUSTED_ROOTS = {"", "torch", "_operator", "operator", "builtins", "math", "canonc"}
 
 
 def _combine_items(node: fx.Node) -> list[dict[str, str]]:

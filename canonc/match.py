@@ -43,7 +43,7 @@ from .graph import linear_base
 IN_PLACE_RULES = frozenset({"merge-left", "modularize", "unshare", "no-inplace", "lift-functional", "drop-identity",
                             "split-norm-act", "inference-in-place"})
 _INPLACE = re.compile(r",?\s*inplace=(True|False)")
-_HELPERS = {torch.stack, torch.broadcast_tensors}
+_HELPERS = {torch.stack, cnn.stack_summands, torch.broadcast_tensors}
 
 
 def data_inputs(node: fx.Node) -> list[fx.Node]:

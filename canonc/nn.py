@@ -18,11 +18,12 @@ except ImportError:  # pragma: no cover - zennit is a dependency of canonc
     _SumBase = nn.Module
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or the global registry has hooks (an XAI tool or a probe is watching)."""
+def _hooked(module: nn.Module | None) -> bool:
+    """Whether ``module`` (``None``: no module) or the global registry has hooks (an XAI tool or a probe is watching)."""
     from torch.nn.modules import module as registry
 
-    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    own = () if module is None else (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                                     module._backward_pre_hooks)
     shared = (registry._global_forward_hooks, registry._global_forward_pre_hooks,
               registry._global_backward_hooks, registry._global_backward_pre_hooks)
     return any(len(h) for h in own + shared)
@@ -31,6 +32,22 @@ def _hooked(module: nn.Module) -> bool:
 def _plain_inference(module: nn.Module) -> bool:
     """Gradients off, not exporting, and no hooks on ``module`` or globally: in-place work is unobservable."""
     return not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export() and not _hooked(module)
+
+
+class Summands(tuple):
+    """The summands of one ``Sum``, not yet stacked: what ``stack_summands`` hands over in plain inference."""
+
+
+def stack_summands(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor | Summands:
+    """``torch.stack(tensors, dim)`` for a ``Sum`` that is the stack's only reader.
+
+    In plain inference (gradients off, not exporting, no global hooks) the stacked copy
+    is never observed, so the summands travel as a ``Summands`` tuple and the ``Sum``
+    adds them directly; a ``Sum`` with hooks of its own stacks them before its hooks run.
+    """
+    if torch.is_grad_enabled() or torch.onnx.is_in_onnx_export() or _hooked(None):
+        return torch.stack(tensors, dim)
+    return Summands(tensors)
 
 
 class Sum(_SumBase):
@@ -47,22 +64,31 @@ class Sum(_SumBase):
     dim : int
         The stacking axis (zennit's own ``Sum`` defaults to -1).
 
-    In plain inference (see ``_plain_inference``) a Sum whose stack only it reads
-    adds into the stack's first slice instead of allocating its output.
+    In plain inference the stack is skipped (``stack_summands``): the summands arrive as
+    ``Summands`` and are added directly, into the first one where the canonizer linked
+    its producer (``overwrite_summand_of``) and nobody watches that producer.
     """
-
-    overwrite_input = False  # set by the canonizer where only this module reads the stack
 
     def __init__(self, dim: int = -1) -> None:
         nn.Module.__init__(self)
         self.dim = dim
+        self._producer: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
 
-    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+    def overwrite_summand_of(self, producer: nn.Module | None) -> None:
+        """Allow adding into the first summand, the output of ``producer`` (read only here); ``None``: never."""
+        self._producer = (producer,) if producer is not None else ()
+
+    def __call__(self, stacked: torch.Tensor | Summands, *args, **kwargs) -> torch.Tensor:
+        if isinstance(stacked, Summands) and _hooked(self):  # hooks see the stacked tensor, as documented
+            stacked = torch.stack(stacked, self.dim)
+        return super().__call__(stacked, *args, **kwargs)
+
+    def forward(self, stacked: torch.Tensor | Summands) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():  # one ReduceSum node per residual in the ONNX graph
             return torch.sum(stacked, dim=self.dim)
         # Eager: unbind + add; torch.sum over a length-2 axis is a reduction kernel ~3x slower.
-        total, *rest = stacked.unbind(self.dim)
-        if self.overwrite_input and _plain_inference(self):  # add into the stack's first slice
+        total, *rest = stacked if isinstance(stacked, Summands) else stacked.unbind(self.dim)
+        if isinstance(stacked, Summands) and self._producer and not _hooked(self._producer[0]):
             for part in rest:
                 total.add_(part)
             return total

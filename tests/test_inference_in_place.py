@@ -94,17 +94,49 @@ class Residual(nn.Module):
         return self.relu(self.conv(x) + x)
 
 
-def test_sum_adds_into_its_stack_only_in_plain_inference():
+def test_sum_adds_into_its_first_summand_only_in_plain_inference():
     torch.manual_seed(0)
     model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
     canon = canonc.canonize(model, x).module
     sums = [m for m in canon.modules() if isinstance(m, cnn.Sum)]
-    assert len(sums) == 1 and sums[0].overwrite_input
+    assert len(sums) == 1 and sums[0]._producer == (canon.conv,)  # conv's output is fresh and read only by the sum
+    stacks = [n for n in canon.graph.nodes if n.op == "call_function" and n.target is cnn.stack_summands]
+    assert len(stacks) == 1
     assert type(canon.relu) is cnn.ReLU and canon.relu._producer == (sums[0],)
     with torch.no_grad():
         expected = model(x)
         x_before = x.clone()
         assert torch.allclose(canon(x), expected, atol=1e-6)
         assert torch.equal(x, x_before)  # the identity branch (the input) was not written
+        assert isinstance(cnn.stack_summands([x, x], 0), cnn.Summands)  # no stacked copy in plain inference
+    assert cnn.stack_summands([x, x], 0).shape == (2, 2, 4, 6, 6)  # a real stack under autograd
     assert torch.allclose(canon(x), expected, atol=1e-6)
     assert not isinstance(model.relu, cnn.ReLU)  # the user's model is untouched
+
+
+def test_hooked_sum_sees_the_stacked_tensor_in_plain_inference():
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    canon = canonc.canonize(model, x).module
+    total = next(m for m in canon.modules() if isinstance(m, cnn.Sum))
+    seen = []
+    handle = total.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        y = canon(x)
+    handle.remove()
+    assert len(seen) == 1 and type(seen[0]) is torch.Tensor and seen[0].shape == (2, 2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(y, model(x), atol=1e-6)
+
+
+def test_hooked_producer_keeps_its_output_in_plain_inference():
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    canon = canonc.canonize(model, x).module
+    kept = []
+    handle = canon.conv.register_forward_hook(lambda m, args, out: kept.append((out, out.clone())))
+    with torch.no_grad():
+        canon(x)
+    handle.remove()
+    out, copy_at_hook = kept[0]
+    assert torch.equal(out, copy_at_hook)  # the sum did not add into the hooked conv's output
