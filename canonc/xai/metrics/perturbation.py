@@ -72,9 +72,18 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
     fill = fill.to(inputs.dtype)
 
     def build(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sample, step = rows // (steps + 1), rows % (steps + 1)
-        keep = when[sample] >= step.reshape(-1, 1, 1, 1)
-        return torch.where(keep, inputs[sample], fill[sample]), targets[sample]
+        # Rows are consecutive: write each sample's run of steps by broadcasting its image, its
+        # schedule and its fill (no gathered copies of them per row).
+        start, stop = int(rows[0]), int(rows[0]) + len(rows)
+        out = torch.empty((len(rows), *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
+        row = start
+        while row < stop:
+            sample, first = divmod(row, steps + 1)
+            last = min(steps + 1, first + stop - row)
+            k = torch.arange(first, last, device=inputs.device).reshape(-1, 1, 1, 1)
+            torch.where(when[sample] >= k, inputs[sample], fill[sample], out=out[row - start:row - start + last - first])
+            row += last - first
+        return out, targets[rows // (steps + 1)]
 
     scores = scores_of_variants(model, n * (steps + 1), build, batch_size=batch_size, softmax=softmax,
                                 device=inputs.device)
