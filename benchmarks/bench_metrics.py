@@ -28,7 +28,12 @@ computes them once per sample and shares them. Settings, identical on both sides
 canonc runs in its default mode (per-sample normalisation and seeds, 2-D SSIM); its work per
 metric is the same as in compat mode. Prints ``name: value`` lines: wall and process-CPU time
 of each side, their ratio (quantus / canonc; target ≥ 10 on CPU), each metric's share of the
-time, the explanation calls, and each side's mean score per metric.
+time, the explanation calls, and each side's mean score per metric. It also counts each side's
+explained inputs and plain forward inputs (a hook on the model's root), takes the unit costs
+from canonc's run (its base explanations; its Region Perturbation, nearly all forward passes),
+and prints the model work of each side (inputs × unit costs), the remainder (framework overhead)
+and the ratio that model work alone allows: both sides explain through the same function, so on
+a CPU with a real model the end-to-end ratio stays near it, however small canonc's own overhead.
 
 Run: ``python benchmarks/bench_metrics.py [--case NAME] [--device cuda] [--quick] [--images N] [--json PATH]``.
 """
@@ -98,6 +103,21 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+class RowCounter:
+    """Counts the input rows of every forward call of a model (a hook on the root module only)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.rows = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, args: tuple) -> None:
+        self.rows += len(args[0])
+
+    def close(self) -> int:
+        self.handle.remove()
+        return self.rows
+
+
 def _quantus_metrics(num_classes: int, patch: int) -> dict[str, object]:
     import quantus
 
@@ -164,9 +184,19 @@ def bench(case: str, args: argparse.Namespace) -> dict:
     print(f"# {case}: {n} images at {size} px, {what}, {num_classes} classes, device {args.device}, "
           f"{torch.get_num_threads()} torch threads", flush=True)
     explain(model, data.images[:batch].to(args.device), y[:batch].to(args.device), METHOD)  # warm-up, both sides
+    counter = RowCounter(model)
     ours, parts, c_wall, c_cpu = run_canonc(model, data.images, y, data.masks, args.device, patch, batch)
+    c_rows, c_explained = counter.close(), n * (1 + 10 + 1)  # base, 10 noisy, 1 other class: by construction
+    counter = RowCounter(model)
     theirs, q_parts, q_explained = run_quantus(model, data.images, y, data.masks, args.device, num_classes,
                                                patch, batch)
+    q_rows = counter.close()
+    # Unit costs from canonc's own run: its base explanations (n inputs) and its Region Perturbation,
+    # which is nearly all forward passes (an upper bound of the cost per forward input).
+    per_explained, per_forward = parts["explanation"] / n, parts["region-perturbation"] / (c_rows - c_explained)
+    # The models' own work: explained inputs and plain forward inputs, at the measured unit costs.
+    c_work = c_explained * per_explained + (c_rows - c_explained) * per_forward
+    q_work = q_explained * per_explained + (q_rows - q_explained) * per_forward
     q_wall, q_cpu = sum(w for w, _ in q_parts.values()), sum(c for _, c in q_parts.values())
     print(f"{case}_canonc_s: {c_wall:.1f}  (CPU {c_cpu:.1f})")
     print(f"{case}_quantus_s: {q_wall:.1f}  (CPU {q_cpu:.1f})")
@@ -175,14 +205,24 @@ def bench(case: str, args: argparse.Namespace) -> dict:
     q_share = {k: w / q_wall for k, (w, _) in q_parts.items()}
     print(f"{case}_canonc_share: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     print(f"{case}_quantus_share: " + ", ".join(f"{k} {v:.0%}" for k, v in q_share.items()))
-    print(f"{case}_explained_inputs: canonc {n * (1 + 10 + 1)} (by construction), quantus {q_explained}")
+    print(f"{case}_explained_inputs: canonc {c_explained} (by construction), quantus {q_explained}")
+    print(f"{case}_forward_inputs: canonc {c_rows - c_explained}, quantus {q_rows - q_explained}  (outside explanations)")
+    print(f"{case}_unit_costs_ms: explained input {1e3 * per_explained:.2f}, forward input {1e3 * per_forward:.2f}")
+    print(f"{case}_model_work_s: canonc {c_work:.1f}, quantus {q_work:.1f}  (inputs x unit costs)")
+    print(f"{case}_framework_overhead_s: canonc {c_wall - c_work:.1f}, quantus {q_wall - q_work:.1f}  "
+          "(end-to-end minus model work)")
+    print(f"{case}_ratio_bound_by_model_work: {q_work / c_work:.2f}  (the end-to-end ratio if both sides had "
+          "no overhead; both explain through the same function)")
     print(f"{case}_mean_scores: " + ", ".join(f"{k} {ours[k]:.3f}/{theirs[k]:.3f}" for k in POSTER_METRICS)
           + "  (canonc/quantus; region perturbation: AOPC vs mean of quantus's curve, black baselines differ)")
     return {"case": case, "images": n, "size": size, "model": what, "device": args.device,
             "threads": torch.get_num_threads(), "canonc_s": c_wall, "canonc_cpu_s": c_cpu, "quantus_s": q_wall,
             "quantus_cpu_s": q_cpu, "ratio": q_wall / c_wall, "canonc_parts_s": parts,
             "quantus_parts_s": {k: w for k, (w, _) in q_parts.items()}, "canonc_means": ours,
-            "quantus_means": theirs, "quantus_explained_inputs": q_explained}
+            "quantus_means": theirs, "quantus_explained_inputs": q_explained, "canonc_explained_inputs": c_explained,
+            "canonc_forward_inputs": c_rows - c_explained, "quantus_forward_inputs": q_rows - q_explained,
+            "seconds_per_explained_input": per_explained, "seconds_per_forward_input": per_forward,
+            "canonc_model_work_s": c_work, "quantus_model_work_s": q_work, "ratio_bound_by_model_work": q_work / c_work}
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ Usage::
     nice python benchmarks/bench_timm_sweep.py                     # resume the sweep
     python benchmarks/bench_timm_sweep.py --limit 20 --input-size 32
     python benchmarks/bench_timm_sweep.py --one resnet18           # one row as JSON
+    nice python benchmarks/bench_timm_sweep.py --retry failed,error  # those rows again first, then resume
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="stop after this many new models")
     p.add_argument("--timeout", type=float, default=900, help="seconds per model")
     p.add_argument("--out", default=str(RESULTS / STEM), help="output stem (.json and .md are written)")
+    p.add_argument("--retry", default="", help="comma-separated statuses (e.g. failed,error) to run again first")
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.input_size, args.max_params)))
@@ -167,10 +169,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    retry = set(filter(None, args.retry.split(",")))
+    again = [r["model"] for r in rows if r["status"] in retry]
+    rows = [r for r in rows if r["status"] not in retry]
     done = {r["model"] for r in rows}
     names = timm.list_models()
     random.Random(0).shuffle(names)
-    todo = [n for n in names if n not in done][: args.limit]
+    todo = (again + [n for n in names if n not in done and n not in again])[: args.limit]
     worker = None
     for i, name in enumerate(todo, 1):
         if worker is None or worker.done >= RECYCLE or worker.proc.poll() is not None:
