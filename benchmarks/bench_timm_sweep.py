@@ -10,6 +10,7 @@ Usage::
 
     nice python benchmarks/bench_timm_sweep.py                     # resume the sweep
     python benchmarks/bench_timm_sweep.py --limit 20 --input-size 32
+    nice python benchmarks/bench_timm_sweep.py --workers 2          # two models at a time
     python benchmarks/bench_timm_sweep.py --one resnet18           # one row as JSON
     nice python benchmarks/bench_timm_sweep.py --retry failed,error  # those rows again first, then resume
 """
@@ -155,6 +156,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="stop after this many new models")
     p.add_argument("--timeout", type=float, default=900, help="seconds per model")
     p.add_argument("--out", default=str(RESULTS / STEM), help="output stem (.json and .md are written)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes run in parallel (one thread each)")
     p.add_argument("--retry", default="", help="comma-separated statuses (e.g. failed,error) to run again first")
     args = p.parse_args()
     if args.one:
@@ -176,23 +178,41 @@ def main() -> None:
     names = timm.list_models()
     random.Random(0).shuffle(names)
     todo = (again + [n for n in names if n not in done and n not in again])[: args.limit]
-    worker = None
-    for i, name in enumerate(todo, 1):
-        if worker is None or worker.done >= RECYCLE or worker.proc.poll() is not None:
-            if worker is not None:
-                worker.close()
-            worker = Worker(args.input_size, args.max_params)
-        row = worker.run(name, args.timeout)
-        if row is None:
-            worker = None
-            row = {"model": name, "status": "error", "reason": f"worker died or took over {args.timeout:.0f} s"}
-        rows.append(row)
-        _save(rows, out)
-        s = summary(rows)
-        print(f"[{i}/{len(todo)}] {name}: {rows[-1]['status']} {rows[-1].get('reason', '')[:120]} | "
-              f"verified {s['verified']}/{s['with_norm_run']}", flush=True)
-    if worker is not None:
-        worker.close()
+    pending: queue.Queue[str] = queue.Queue()
+    for name in todo:
+        pending.put(name)
+    lock, counter = threading.Lock(), [0]
+
+    def drive() -> None:  # one worker process, fed until the queue is empty
+        worker = None
+        while True:
+            try:
+                name = pending.get_nowait()
+            except queue.Empty:
+                break
+            if worker is None or worker.done >= RECYCLE or worker.proc.poll() is not None:
+                if worker is not None:
+                    worker.close()
+                worker = Worker(args.input_size, args.max_params)
+            row = worker.run(name, args.timeout)
+            if row is None:
+                worker = None
+                row = {"model": name, "status": "error", "reason": f"worker died or took over {args.timeout:.0f} s"}
+            with lock:
+                rows.append(row)
+                _save(rows, out)
+                counter[0] += 1
+                s = summary(rows)
+                print(f"[{counter[0]}/{len(todo)}] {name}: {row['status']} {row.get('reason', '')[:120]} | "
+                      f"verified {s['verified']}/{s['with_norm_run']}", flush=True)
+        if worker is not None:
+            worker.close()
+
+    threads = [threading.Thread(target=drive) for _ in range(max(1, args.workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     s = summary(rows)
     print(f"timm_sweep_verified_fraction: {s['verified_fraction']}")
     print(f"timm_sweep_models_run: {s['with_norm_run']}")
