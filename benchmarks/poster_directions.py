@@ -5,7 +5,7 @@ LRP-α2β1 and LRP-ε+ on VGG-16, ResNet-18, EfficientNet-B0 and DenseNet-121, u
 canonized. For every (model, method, metric) this script sets the poster's direction of
 ``canonized − uncanonized`` beside ours (the paired mean ± 2 standard errors over images that
 ``canonc evaluate`` writes to ``results.json``) and counts where they agree. An effect of ours
-within 2 standard errors of zero is "n.s."; a poster difference of 0.00 is "=".
+within 2 standard errors (or 5e-4) of zero is "n.s."; a poster difference of 0.00 is "=".
 
 Usage::
 
@@ -56,7 +56,7 @@ def compare(results: dict[str, dict]) -> tuple[list[dict], Counter]:
                 if ours is None:
                     continue
                 theirs = _sign(round(yes - no, 2))
-                mine = _sign(ours["mean"], 2 * ours["se"])
+                mine = _sign(ours["mean"], max(2 * ours["se"], 5e-4))  # below 5e-4: printed as ±0.000
                 verdict = ("n.s." if mine == 0 and theirs != 0 else "agree" if mine == theirs
                            else "poster =" if theirs == 0 else "opposite")
                 verdicts[verdict] += 1
