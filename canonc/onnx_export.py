@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .codegen import atomic_write
-from .errors import InputError, VerificationError
+from .errors import InputError, RefusedError, VerificationError
 from .verify import outputs
 
 OPSET = 18
@@ -31,6 +31,7 @@ ONNX_TOL = 1e-4
 COND_FACTOR = 10.0
 EXPORT_BATCH = 2
 CHECK_BATCHES = (1, 3)
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ONNX file is one protobuf message
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -123,6 +124,10 @@ def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], *, opset: int 
         raise InputError(f"unknown ONNX exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
     if opset < OPSET:
         raise InputError(f"ONNX opset {opset} is too old; canonc exports opset {OPSET} or newer")
+    weights = sum(4 * t.numel() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
+    if weights > PROTOBUF_LIMIT:
+        raise RefusedError(f"the float32 weights take {weights / 1e9:.2f} GB, more than one ONNX file can hold "
+                           "(2 GB, protobuf's limit); canonc does not write ONNX external data: save with -o model.pt")
     module32 = copy.deepcopy(module).float().eval()
     args = _batched(example, EXPORT_BATCH, seed=1)
     errors = []

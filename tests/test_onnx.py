@@ -213,6 +213,14 @@ def test_cli_pt_and_onnx(small_net, tmp_path, capsys):
     assert "BatchNormalization" not in op_counts(onnx.load(str(side)))
 
 
+def test_export_refuses_weights_over_one_onnx_file(tmp_path):
+    with torch.device("meta"):  # 2**29 float32 weights: 2**31 bytes, one more than protobuf allows; never allocated
+        big = nn.Linear(1, 2**28)
+    with pytest.raises(RefusedError, match=r"2\.15 GB, more than one ONNX file can hold"):
+        canonc.export_onnx(big, torch.randn(1, 1), tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()
+
+
 def test_export_refuses_a_batchnorm_left_in_the_graph():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
     for exporter in ("dynamo", "legacy"):  # neither exporter may fold the BN away
