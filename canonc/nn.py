@@ -45,7 +45,8 @@ def stack_summands(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor | 
     is never observed, so the summands travel as a ``Summands`` tuple and the ``Sum``
     adds them directly; a ``Sum`` with hooks of its own stacks them before its hooks run.
     """
-    if torch.is_grad_enabled() or torch.onnx.is_in_onnx_export() or _hooked(None):
+    traced = any(isinstance(t, torch.fx.Proxy) for t in tensors)  # re-tracing a canonized model: keep the stack
+    if traced or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export() or _hooked(None):
         return torch.stack(tensors, dim)
     return Summands(tensors)
 

@@ -140,3 +140,14 @@ def test_hooked_producer_keeps_its_output_in_plain_inference():
     handle.remove()
     out, copy_at_hook = kept[0]
     assert torch.equal(out, copy_at_hook)  # the sum did not add into the hooked conv's output
+
+
+def test_a_canonized_model_canonizes_again_under_no_grad():
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    canon = canonc.canonize(model, x).module
+    with torch.no_grad():  # tracing must see the stack, not the plain-inference tuple
+        again = canonc.canonize(canon, x)
+    assert again.report.verified
+    stacks = [n for n in again.module.graph.nodes if n.op == "call_function" and n.target is cnn.stack_summands]
+    assert len(stacks) == 1
