@@ -29,8 +29,8 @@ def _hooked(module: nn.Module | None) -> bool:
     return any(len(h) for h in own + shared)
 
 
-def _plain_inference(module: nn.Module) -> bool:
-    """Gradients off, not exporting, and no hooks on ``module`` or globally: in-place work is unobservable."""
+def _plain_inference(module: nn.Module | None) -> bool:
+    """Gradients off, not exporting, and no hooks on ``module`` (if given) or globally: in-place work is unobservable."""
     return not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export() and not _hooked(module)
 
 
@@ -46,12 +46,26 @@ def stack_summands(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor | 
     adds them directly; a ``Sum`` with hooks of its own stacks them before its hooks run.
     """
     traced = any(isinstance(t, torch.fx.Proxy) for t in tensors)  # re-tracing a canonized model: keep the stack
-    if traced or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export() or _hooked(None):
+    if traced or not _plain_inference(None):
         return torch.stack(tensors, dim)
     return Summands(tensors)
 
 
-class Sum(_SumBase):
+class _OverwritesProducer:
+    """Link to the producer whose output a module may overwrite in plain inference (its only reader)."""
+
+    _producer: tuple[nn.Module, ...] = ()  # a tuple: the producer is not registered as a child
+
+    def overwrite_output_of(self, producer: nn.Module | None) -> None:
+        """Allow overwriting the output of ``producer``, which only this module reads; ``None``: never."""
+        self._producer = (producer,) if producer is not None else ()
+
+    def _may_overwrite(self) -> bool:
+        """Linked, and nobody watches the producer (its hooks could hold its output)."""
+        return bool(self._producer) and not _hooked(self._producer[0])
+
+
+class Sum(_OverwritesProducer, _SumBase):
     """Sum of tensors stacked on axis ``dim`` (a residual ``a + b``).
 
     The input is one tensor ``torch.stack([a, b, ...], dim)`` because zennit
@@ -67,17 +81,12 @@ class Sum(_SumBase):
 
     In plain inference the stack is skipped (``stack_summands``): the summands arrive as
     ``Summands`` and are added directly, into the first one where the canonizer linked
-    its producer (``overwrite_summand_of``) and nobody watches that producer.
+    its producer (``overwrite_output_of``) and nobody watches that producer.
     """
 
     def __init__(self, dim: int = -1) -> None:
         nn.Module.__init__(self)
         self.dim = dim
-        self._producer: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
-
-    def overwrite_summand_of(self, producer: nn.Module | None) -> None:
-        """Allow adding into the first summand, the output of ``producer`` (read only here); ``None``: never."""
-        self._producer = (producer,) if producer is not None else ()
 
     def __call__(self, stacked: torch.Tensor | Summands, *args, **kwargs) -> torch.Tensor:
         if isinstance(stacked, Summands) and _hooked(self):  # hooks see the stacked tensor, as documented
@@ -88,8 +97,9 @@ class Sum(_SumBase):
         if torch.onnx.is_in_onnx_export():  # one ReduceSum node per residual in the ONNX graph
             return torch.sum(stacked, dim=self.dim)
         # Eager: unbind + add; torch.sum over a length-2 axis is a reduction kernel ~3x slower.
-        total, *rest = stacked if isinstance(stacked, Summands) else stacked.unbind(self.dim)
-        if isinstance(stacked, Summands) and self._producer and not _hooked(self._producer[0]):
+        unstacked = isinstance(stacked, Summands)  # plain inference (stack_summands)
+        total, *rest = stacked if unstacked else stacked.unbind(self.dim)
+        if unstacked and self._may_overwrite():  # add into the first summand
             for part in rest:
                 total.add_(part)
             return total
@@ -98,7 +108,7 @@ class Sum(_SumBase):
         return total
 
 
-class ReLU(nn.ReLU):
+class ReLU(_OverwritesProducer, nn.ReLU):
     """ReLU that overwrites its producer's output in plain inference, out of place otherwise.
 
     The canonizer links it to the producer (a conv, sum, ...) whose output only it reads.
@@ -110,14 +120,9 @@ class ReLU(nn.ReLU):
 
     def __init__(self) -> None:
         super().__init__(inplace=False)
-        self._producer: tuple[nn.Module, ...] = ()  # a tuple: not registered as a child
-
-    def overwrite_output_of(self, producer: nn.Module | None) -> None:
-        """Allow running in place on the output of ``producer`` (its only reader); ``None``: never."""
-        self._producer = (producer,) if producer is not None else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._producer and _plain_inference(self) and not _hooked(self._producer[0]):
+        if _plain_inference(self) and self._may_overwrite():
             return torch.relu_(x)
         return torch.relu(x)
 

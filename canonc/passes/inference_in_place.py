@@ -66,7 +66,7 @@ def _link_sum(gm: fx.GraphModule, node: fx.Node, module: cnn.Sum) -> None:
     producer = _fresh(gm, first) if sole else None
     if module._producer != ((producer,) if producer is not None else ()):
         linked = cnn.Sum(module.dim)
-        linked.overwrite_summand_of(producer)
+        linked.overwrite_output_of(producer)
         set_module(gm, node.target, linked)
 
 
