@@ -115,17 +115,21 @@ def calibrate_bn(model: nn.Module, bns: list[nn.Module], input_shape: tuple[int,
         return
     grown = (*input_shape[:2], *(d + 32 for d in input_shape[2:]))
     model.train()
-    for shapes in ((input_shape, grown), (input_shape, input_shape)):
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        try:
-            with torch.no_grad():
-                for shape in shapes:
-                    model(torch.randn(shape, generator=gen))
-            return
-        except Exception:  # noqa: BLE001 - the model rejects the larger size: calibrate at its own
-            continue
+    try:
+        _estimate(model, bns, (input_shape, grown), gen)
+    except Exception:  # noqa: BLE001 - the model rejects the larger size: calibrate at its own (errors propagate)
+        _estimate(model, bns, (input_shape, input_shape), gen)
+
+
+def _estimate(model: nn.Module, bns: list[nn.Module], shapes: tuple[tuple[int, ...], ...],
+              gen: torch.Generator) -> None:
+    """Reset ``bns``' statistics and average them over one random batch per shape (``model`` in train mode)."""
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        for shape in shapes:
+            model(torch.randn(shape, generator=gen))
 
 
 def timm_names(pattern: str = "*") -> list[str]:
