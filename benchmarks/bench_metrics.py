@@ -22,8 +22,11 @@ computes them once per sample and shares them. Settings, identical on both sides
 - RRA, RMA: ``abs=True`` (Pahde et al.), normalised.
 - Avg-Sensitivity: 10 samples (the paper), ``U(−0.2, 0.2)`` noise, normalised maps.
 - Random Logit: SSIM, ``num_classes`` of the model, seed 42.
-- quantus ``batch_size=64`` per chunk; explanation calls of at most ``--batch`` inputs on both
-  sides (canonc's ``batch_size``; quantus's ``explain_func`` splits its chunk the same way).
+- quantus ``batch_size=64`` per chunk (``--chunk``); explanation calls of at most the case's
+  batch (``--batch``) inputs on both sides (canonc's ``batch_size``; quantus's ``explain_func``
+  splits its chunk the same way). On a GPU, where a small model's call costs its kernel launches
+  and zennit's hooks rather than arithmetic, ``--batch 256 --chunk 256`` shows both sides at a
+  larger batch.
 
 canonc runs in its default mode (per-sample normalisation and seeds, 2-D SSIM); its work per
 metric is the same as in compat mode. Prints ``name: value`` lines: wall and process-CPU time
@@ -35,7 +38,8 @@ and prints the model work of each side (inputs × unit costs), the remainder (fr
 and the ratio that model work alone allows: both sides explain through the same function, so on
 a CPU with a real model the end-to-end ratio stays near it, however small canonc's own overhead.
 
-Run: ``python benchmarks/bench_metrics.py [--case NAME] [--device cuda] [--quick] [--images N] [--json PATH]``.
+Run: ``python benchmarks/bench_metrics.py [--case NAME] [--device cuda] [--quick] [--images N] [--batch B]
+[--chunk C] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def _quantus_metrics(num_classes: int, patch: int) -> dict[str, object]:
 
 
 def run_quantus(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device: str,
-                num_classes: int, patch: int, batch: int) -> tuple[dict, dict, int]:
+                num_classes: int, patch: int, batch: int, chunk: int) -> tuple[dict, dict, int]:
     """quantus's six metrics, each timed; returns per-metric means, seconds, and explained inputs."""
     explained = [0]
 
@@ -149,7 +153,7 @@ def run_quantus(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores, wall, cpu = _timed(lambda m=metric: m(model, a_batch=None, explain_func=explain_func,
-                                                          device=device, batch_size=QUANTUS_CHUNK, **arrays))
+                                                          device=device, batch_size=chunk, **arrays))
         scores = np.asarray(scores, dtype=np.float64)
         # Region Perturbation returns curves; the AOPC-like summary is their mean (np.trapz is gone)
         means[name] = float(np.nanmean(scores.mean(1) if scores.ndim == 2 else scores))
@@ -173,7 +177,7 @@ def run_canonc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: 
 def bench(case: str, args: argparse.Namespace) -> dict:
     """One case: both sides, printed and returned as a dict."""
     build, n_full, n_quick, size, patch, batch = CASES[case]
-    n = args.images or (n_quick if args.quick else n_full)
+    n, batch = args.images or (n_quick if args.quick else n_full), args.batch or batch
     model, what = build()
     data = shapes_benchmark(n, size=size, seed=TEST_SEED)
     model = canonc.canonize(model, data.images[:1]).module.to(args.device).eval()
@@ -182,14 +186,15 @@ def bench(case: str, args: argparse.Namespace) -> dict:
     num_classes = logits.shape[1]
     y = data.labels if num_classes == len(data.classes) else logits.argmax(1)
     print(f"# {case}: {n} images at {size} px, {what}, {num_classes} classes, device {args.device}, "
-          f"{torch.get_num_threads()} torch threads", flush=True)
+          f"{torch.get_num_threads()} torch threads, explanation batch {batch}, quantus chunk {args.chunk}", flush=True)
     explain(model, data.images[:batch].to(args.device), y[:batch].to(args.device), METHOD)  # warm-up, both sides
     counter = RowCounter(model)
     ours, parts, c_wall, c_cpu = run_canonc(model, data.images, y, data.masks, args.device, patch, batch)
     c_rows, c_explained = counter.close(), n * (1 + 10 + 1)  # base, 10 noisy, 1 other class: by construction
+    print(f"# canonc: {c_wall:.1f} s wall, {c_cpu:.1f} s CPU", flush=True)
     counter = RowCounter(model)
     theirs, q_parts, q_explained = run_quantus(model, data.images, y, data.masks, args.device, num_classes,
-                                               patch, batch)
+                                               patch, batch, args.chunk)
     q_rows = counter.close()
     # Unit costs from canonc's own run: its base explanations (n inputs) and its Region Perturbation,
     # which is nearly all forward passes (an upper bound of the cost per forward input).
@@ -215,7 +220,8 @@ def bench(case: str, args: argparse.Namespace) -> dict:
           "no overhead; both explain through the same function)")
     print(f"{case}_mean_scores: " + ", ".join(f"{k} {ours[k]:.3f}/{theirs[k]:.3f}" for k in POSTER_METRICS)
           + "  (canonc/quantus; region perturbation: AOPC vs mean of quantus's curve, black baselines differ)")
-    return {"case": case, "images": n, "size": size, "model": what, "device": args.device,
+    return {"case": case, "images": n, "size": size, "model": what, "device": args.device, "batch": batch,
+            "quantus_chunk": args.chunk,
             "threads": torch.get_num_threads(), "canonc_s": c_wall, "canonc_cpu_s": c_cpu, "quantus_s": q_wall,
             "quantus_cpu_s": q_cpu, "ratio": q_wall / c_wall, "canonc_parts_s": parts,
             "quantus_parts_s": {k: w for k, (w, _) in q_parts.items()}, "canonc_means": ours,
@@ -232,6 +238,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="few images: a smoke run")
     parser.add_argument("--images", type=int, help="number of images (overrides the case's and --quick)")
+    parser.add_argument("--batch", type=int, help="explanation batch on both sides (overrides the case's)")
+    parser.add_argument("--chunk", type=int, default=QUANTUS_CHUNK, help=f"quantus batch_size (default {QUANTUS_CHUNK})")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     results = [bench(case, args) for case in (CASES if args.case == "all" else [args.case])]
