@@ -73,6 +73,22 @@ def count_layernorm(model: nn.Module) -> tuple[int, int]:
     return len(norms), len(affine)
 
 
+def randomize_zero_weights(model: nn.Module, gen: torch.Generator) -> list[str]:
+    """Draw ``N(0, 1/fan_in)`` for every all-zero parameter of two or more dimensions, in place.
+
+    torchvision's ViTs start with a zero head (and class token): at random weights their output
+    is exactly 0 whatever the trunk computes, so an equivalence check on them could not fail.
+    Returns the names of the parameters drawn.
+    """
+    drawn = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
+                drawn.append(name)
+    return drawn
+
+
 def randomize(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
     """Random norm parameters and calibrated BN statistics, in place; returns ``model`` in eval mode.
 
@@ -83,10 +99,8 @@ def randomize(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> 
     """
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    randomize_zero_weights(model, gen)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and p.is_floating_point() and not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
         for m in [m for m in model.modules() if isinstance(m, _BN)] + _norm_layers(model):
             weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
             if isinstance(weight, torch.Tensor) and weight.is_floating_point():

@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from canonc.zoo import randomize_zero_weights
+
 from .zoo import randomize_bn
 
 SMALL = 64
@@ -80,6 +82,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     kwargs = next((k for prefix, (_, k) in _SIZES.items() if name.startswith(prefix)), {})
     torch.manual_seed(seed)
     model = torchvision.models.get_model(name, weights=None, **kwargs)
+    randomize_zero_weights(model, torch.Generator().manual_seed(seed))  # the ViTs' zero heads: else outputs are 0
     shape = input_shape(name)
     side = _CALIBRATION_SIDE.get(name, shape[-1])
     randomize_bn(model, seed=seed, input_shape=(4, 3, side, side))

@@ -38,9 +38,20 @@ def functional_combines(report: dict) -> list[dict]:
 
 
 def canonize_zoo(name: str) -> tuple[nn.Module, canonc.CanonResult]:
-    """The zoo model ``name`` and its canonization."""
+    """The zoo model ``name`` and its canonization; its output must not be constant (else no check could fail)."""
     model, example = torchvision_zoo.build(name)
+    with torch.no_grad():
+        y = model(torch.cat([example, torch.randn_like(example)]))
+    assert y.abs().max() > 1e-3 and (y[0] - y[1]).abs().max() > 1e-6 * y.abs().max()
     return model, canonc.canonize(model, example, name=name)
+
+
+def test_zoo_vit_zero_head_is_drawn() -> None:
+    # torchvision starts every ViT with a zero head: at random weights its output would be 0 for any input
+    model, example = torchvision_zoo.build("vit_b_32")
+    assert model.heads.head.weight.abs().min() > 0 and model.class_token.abs().max() > 0
+    with torch.no_grad():
+        assert model(example).abs().max() > 0.1
 
 
 def check_canonical(name: str, model: nn.Module, result: canonc.CanonResult) -> None:
