@@ -1,6 +1,6 @@
 """Train a narrow zoo topology on the shapes benchmark: ``python -m models.train_shapes NAME``.
 
-The recipe: AdamW with a one-cycle learning rate, label smoothing 0.05, batch size 64,
+The recipe: AdamW with a one-cycle learning rate, label smoothing 0.05, batch size 32,
 and every epoch a fresh, never-repeated draw of the synthetic benchmark (seed
 ``1000 * seed + epoch + 1``, never :data:`~canonc.xai.data.TEST_SEED`), two torch
 threads, channels-last tensors (faster small convolutions on the CPU; VGG-13-BN and
