@@ -18,7 +18,7 @@ from .core import STRATEGIES, canonize
 from .errors import CanoncError, InputError, VerificationError
 from .invariance import invariance
 from .load import load, parse_shape
-from .onnx_export import build_onnx, write_onnx
+from .onnx_export import OnnxArtifact, build_onnx
 from .report_formats import check_report_path, render, wants_profile
 from .xai.cli import build_explain_parser, run_explain
 
@@ -102,23 +102,29 @@ def run_canonize(args: argparse.Namespace) -> int:
             text = render(exc.report, args.report)
             atomic_write(Path(args.report), lambda p: p.write_text(text))
         raise
-    onnx_paths = [p for p in (args.output, args.onnx) if p and Path(p).suffix == ".onnx"]
+    onnx_paths = [Path(p) for p in (args.output, args.onnx) if p and Path(p).suffix == ".onnx"]
+    artifact = OnnxArtifact()
     if onnx_paths:  # exported and verified before anything is written
         reference = loaded.path if loaded.path is not None and loaded.path.suffix == ".onnx" else None
-        onnx_data, info = build_onnx(result.module, example, reference=reference)
-        for key, value in {"onnx_path": ", ".join(onnx_paths), **info}.items():
+        artifact, info = build_onnx(result.module, example, reference=reference, stage_in=onnx_paths[0].parent)
+        for key, value in {"onnx_path": ", ".join(map(str, onnx_paths)), **info}.items():
             setattr(result.report, key, value)
-    if args.emit_dir:
-        emit_dir(result.module, Path(args.emit_dir), (example,), loaded.name)
-    if args.output and Path(args.output).suffix != ".onnx":
-        save_module(result.module, Path(args.output))
-    for path in onnx_paths:
-        write_onnx(onnx_data, Path(path))
+    written: list[Path] = []
+    try:
+        if args.emit_dir:
+            emit_dir(result.module, Path(args.emit_dir), (example,), loaded.name)
+        if args.output and Path(args.output).suffix != ".onnx":
+            save_module(result.module, Path(args.output))
+        for path in onnx_paths:
+            written += artifact.write(path)
+    finally:
+        artifact.discard()
     if args.report:
         atomic_write(Path(args.report), lambda p: p.write_text(render(result.report, args.report)))
     if not args.quiet:
         print(result.report.summary())
-        for path in (args.output, args.onnx, args.emit_dir, args.report):
+        data_files = [p for p in written if p.suffix == ".data"]
+        for path in (args.output, args.onnx, args.emit_dir, args.report, *data_files):
             if path:
                 print(f"  wrote         {path}")
     return 0

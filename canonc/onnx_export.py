@@ -6,14 +6,24 @@ exporter-side BN folding hides a BN that canonc left. The exported graph must ho
 only standard ONNX ops and no ``BatchNormalization``, and must match the float32 torch
 module in ONNX Runtime (graph optimisation off) on batch sizes not used at export:
 ``max|Δ| ≤ 1e-4·(1 + max|y|)`` (widened for ill-conditioned modules, see :func:`verify_ort`).
+
+One ONNX file is one protobuf message, which cannot exceed 2 GB. A module whose float32
+weights take more than :data:`EXTERNAL_DATA_BYTES` is therefore checked and written with its
+weights in an external data file beside it (``canon.onnx`` + ``canon.onnx.data``, the ONNX
+external-data format that ONNX Runtime and ``onnx.load`` read). It is staged in a hidden folder
+next to the output, checked by ``onnx.checker`` and ONNX Runtime from there, and moved into place
+only when every check passed.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import shutil
+import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +32,7 @@ import torch
 from torch import nn
 
 from .codegen import atomic_write
-from .errors import InputError, RefusedError, VerificationError
+from .errors import InputError, VerificationError
 from .verify import outputs
 
 OPSET = 18
@@ -31,7 +41,8 @@ ONNX_TOL = 1e-4
 COND_FACTOR = 10.0
 EXPORT_BATCH = 2
 CHECK_BATCHES = (1, 3)
-PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ONNX file is one protobuf message
+EXTERNAL_DATA_BYTES = 2**30  # float32 weights above this go to an external data file (one file must stay < 2 GB)
+STAGED_NAME = "model.onnx"
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -86,6 +97,16 @@ def _batched(example: tuple[torch.Tensor, ...], batch: int, seed: int) -> tuple[
     return tuple(out)
 
 
+def _float32_eval(module: nn.Module) -> nn.Module:
+    """``module`` itself when it is float32 and in eval mode already (a large model's weights are
+    not duplicated; export and inference leave it unchanged), else a float32 eval-mode copy."""
+    tensors = (*module.parameters(), *module.buffers())
+    if not any(m.training for m in module.modules()) and all(t.dtype == torch.float32 for t in tensors
+                                                             if t.is_floating_point()):
+        return module
+    return copy.deepcopy(module).float().eval()
+
+
 def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
     from torch.export import Dim
 
@@ -124,11 +145,7 @@ def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], *, opset: int 
         raise InputError(f"unknown ONNX exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
     if opset < OPSET:
         raise InputError(f"ONNX opset {opset} is too old; canonc exports opset {OPSET} or newer")
-    weights = sum(4 * t.numel() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
-    if weights > PROTOBUF_LIMIT:
-        raise RefusedError(f"the float32 weights take {weights / 1e9:.2f} GB, more than one ONNX file can hold "
-                           "(2 GB, protobuf's limit); canonc does not write ONNX external data: save with -o model.pt")
-    module32 = copy.deepcopy(module).float().eval()
+    module32 = _float32_eval(module)
     args = _batched(example, EXPORT_BATCH, seed=1)
     errors = []
     for name, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
@@ -142,13 +159,20 @@ def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], *, opset: int 
     raise VerificationError(f"ONNX export failed ({'; '.join(errors)}); save with -o model.pt instead")
 
 
-def check_structure(model: onnx.ModelProto) -> dict[str, int]:
+def float32_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s floating-point parameters and buffers in float32 (its ONNX weights)."""
+    return sum(4 * t.numel() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
+
+
+def check_structure(model: onnx.ModelProto, path: Path | None = None) -> dict[str, int]:
     """Full ``onnx.checker`` check; only standard ops and no ``BatchNormalization``.
 
-    Returns the op counts; raises ``VerificationError`` otherwise.
+    ``path``: the same model saved with external data, which the checker reads instead
+    (a model over 2 GB cannot be checked in memory). Returns the op counts; raises
+    ``VerificationError`` otherwise.
     """
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model if path is None else str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise VerificationError(f"exported ONNX fails onnx.checker ({first}); nothing was written") from exc
@@ -179,7 +203,7 @@ def _fixed_batch(sess) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def verify_ort(model: onnx.ModelProto, module: nn.Module, example: tuple[torch.Tensor, ...], *,
+def verify_ort(model: onnx.ModelProto | Path, module: nn.Module, example: tuple[torch.Tensor, ...], *,
                reference: onnx.ModelProto | str | Path | None = None, seed: int = 0) -> dict:
     """Run ``model`` in ORT (optimisation off) against the float32 ``module`` and, if given, ``reference``.
 
@@ -189,7 +213,7 @@ def verify_ort(model: onnx.ModelProto, module: nn.Module, example: tuple[torch.T
     from its float64 one (two float32 runtimes cannot agree better than that).
     Raises ``VerificationError`` above the tolerance.
     """
-    module32 = copy.deepcopy(module).float().eval()
+    module32 = _float32_eval(module)
     module64 = copy.deepcopy(module).double().eval()
     sess = session(model)
     ref_sess = session(reference) if reference is not None else None
@@ -226,27 +250,95 @@ def verify_ort(model: onnx.ModelProto, module: nn.Module, example: tuple[torch.T
     }
 
 
+@dataclass
+class OnnxArtifact:
+    """A checked and verified ONNX model, ready to be written.
+
+    Either ``data``, the serialized model, or ``staged``, a model file in a hidden staging
+    folder with its weights in the external data file ``model.onnx.data`` beside it.
+    """
+
+    data: bytes | None = None
+    staged: Path | None = None
+
+    def write(self, path: Path) -> list[Path]:
+        """Write the model to ``path`` (and its weights to ``path.data`` when external); return the files."""
+        path = Path(path)
+        if self.staged is None:
+            atomic_write(path, lambda tmp: tmp.write_bytes(self.data))
+            return [path]
+        data_path = path.with_name(path.name + ".data")
+        atomic_write(data_path, lambda tmp: shutil.copyfile(self.staged.with_name(STAGED_NAME + ".data"), tmp))
+        model = onnx.load(str(self.staged), load_external_data=False)
+        for tensor in onnx.external_data_helper._get_all_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_path.name
+        atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
+        return [path, data_path]
+
+    def discard(self) -> None:
+        """Remove the staging folder, if any."""
+        if self.staged is not None:
+            shutil.rmtree(self.staged.parent, ignore_errors=True)
+            self.staged = None
+
+
+def _stage(model: onnx.ModelProto, folder: Path) -> Path:
+    """Save ``model`` into ``folder`` with every tensor over 1 KiB in ``model.onnx.data``; return the model file.
+
+    The tensors of ``model`` are turned into references to that file (in place).
+    """
+    path = folder / STAGED_NAME
+    path.with_name(STAGED_NAME + ".data").unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=STAGED_NAME + ".data", size_threshold=1024)
+    return path
+
+
+def _staging_folder(where: Path | None) -> Path:
+    where = Path(where) if where is not None else Path(tempfile.gettempdir())
+    try:
+        return Path(tempfile.mkdtemp(prefix=".canonc-onnx-", dir=where))
+    except OSError as exc:
+        raise InputError(f"cannot stage the ONNX file in {where} ({exc.strerror}); choose another output path") from exc
+
+
 def build_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], *, opset: int = OPSET,
                exporter: str = "auto", optimize: bool = False,
-               reference: onnx.ModelProto | str | Path | None = None) -> tuple[bytes, dict]:
-    """Export, check and verify ``module``; return the ONNX bytes and the report entries (nothing written).
+               reference: onnx.ModelProto | str | Path | None = None,
+               stage_in: Path | None = None) -> tuple[OnnxArtifact, dict]:
+    """Export, check and verify ``module``; return the artifact to write and the report entries.
 
     With ``optimize`` the checked graph is then optimised by onnxscript and verified again.
+    Weights over :data:`EXTERNAL_DATA_BYTES` are staged with external data in a hidden folder
+    under ``stage_in`` (default: the system's temporary folder; pass the output's folder so the
+    write is a copy on one disk). The caller writes the artifact and then calls its ``discard``.
     """
     example = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     model, used = to_onnx(module, example, opset=opset, exporter=exporter)
-    counts = check_structure(model)
-    info = verify_ort(model, module, example, reference=reference)
-    if optimize:
-        import onnxscript.optimizer
+    folder = _staging_folder(stage_in) if float32_bytes(module) > EXTERNAL_DATA_BYTES else None
+    try:
+        path = None if folder is None else _stage(model, folder)
+        counts = check_structure(model, path)
+        info = verify_ort(model if path is None else path, module, example, reference=reference)
+        if optimize:
+            import onnxscript.optimizer
 
-        model = onnxscript.optimizer.optimize(model)
-        counts = check_structure(model)
-        info = verify_ort(model, module, example, reference=reference)
+            if folder is not None:
+                onnx.load_external_data_for_model(model, str(folder))
+            model = onnxscript.optimizer.optimize(model)
+            path = None if folder is None else _stage(model, folder)
+            counts = check_structure(model, path)
+            info = verify_ort(model if path is None else path, module, example, reference=reference)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     opsets = {o.domain: o.version for o in model.opset_import}
     info.update(onnx_opset=opsets.get("", opsets.get("ai.onnx")), onnx_op_counts=counts, onnx_exporter=used,
-                onnx_verified=True)
-    return model.SerializeToString(), info
+                onnx_verified=True, onnx_external_data=path is not None)
+    return OnnxArtifact(staged=path) if path is not None else OnnxArtifact(data=model.SerializeToString()), info
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...], path: str | Path, *,
@@ -261,7 +353,8 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Ten
     example_input : Tensor or tuple of Tensor
         An input of the right shape; the batch axis is exported as dynamic.
     path : str or Path
-        Output ``.onnx`` file; written only when every check passed.
+        Output ``.onnx`` file; written only when every check passed (with ``path.data`` beside it
+        when the weights are external).
     opset : int
         ONNX opset (18 or newer).
     exporter : {"auto", "dynamo", "legacy"}
@@ -276,14 +369,12 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Ten
     dict
         Report entries: ``onnx_path``, ``onnx_opset``, ``onnx_op_counts``, ``onnx_max_abs_error``,
         ``onnx_reference_error``, ``onnx_tolerance``, ``onnx_output_max``, ``onnx_provider``, ``onnx_exporter``,
-        ``onnx_verified``.
+        ``onnx_verified``, ``onnx_external_data`` (weights in ``path.data``: over 1 GiB of float32 weights).
     """
-    data, info = build_onnx(module, example_input, opset=opset, exporter=exporter, optimize=optimize,
-                            reference=reference)
-    write_onnx(data, Path(path))
+    artifact, info = build_onnx(module, example_input, opset=opset, exporter=exporter, optimize=optimize,
+                                reference=reference, stage_in=Path(path).parent)
+    try:
+        artifact.write(Path(path))
+    finally:
+        artifact.discard()
     return {"onnx_path": str(path), **info}
-
-
-def write_onnx(data: bytes, path: Path) -> None:
-    """Write serialized ONNX ``data`` to ``path`` atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))

@@ -41,6 +41,7 @@ class Report:
     onnx_output_max: float | None = None
     onnx_op_counts: dict[str, int] = field(default_factory=dict)
     onnx_verified: bool = False
+    onnx_external_data: bool = False  # weights in an external ``.onnx.data`` file beside the model (over 1 GiB)
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     check_inputs: list[list[list[int]]] = field(default_factory=list)
@@ -109,8 +110,10 @@ class Report:
             lines.append("  lint          canonical (nothing left)")
         if self.onnx_path:
             vs_input = f", vs input ONNX {self.onnx_reference_error:.3g}" if self.onnx_reference_error is not None else ""
+            external = ", weights in external .onnx.data" if self.onnx_external_data else ""
             lines.append(f"  onnx          opset {self.onnx_opset} ({self.onnx_exporter}), {self.onnx_provider}: max abs "
-                         f"{self.onnx_max_abs_error:.3g} vs torch{vs_input} (tolerance {self.onnx_tolerance:.3g})")
+                         f"{self.onnx_max_abs_error:.3g} vs torch{vs_input} (tolerance {self.onnx_tolerance:.3g})"
+                         f"{external}")
         for w in self.warnings:
             lines.append(f"  warning       {w}")
         total = sum(self.timings_s.values())

@@ -18,6 +18,7 @@ from torch import nn
 
 import canonc
 from canonc import nn as cnn
+from canonc import onnx_export
 from canonc.cli import main
 from canonc.errors import InputError, RefusedError, VerificationError
 from canonc.onnx_export import build_onnx, op_counts, run_session, session
@@ -213,12 +214,66 @@ def test_cli_pt_and_onnx(small_net, tmp_path, capsys):
     assert "BatchNormalization" not in op_counts(onnx.load(str(side)))
 
 
-def test_export_refuses_weights_over_one_onnx_file(tmp_path):
-    with torch.device("meta"):  # 2**29 float32 weights: 2**31 bytes, one more than protobuf allows; never allocated
-        big = nn.Linear(1, 2**28)
-    with pytest.raises(RefusedError, match=r"2\.15 GB, more than one ONNX file can hold"):
-        canonc.export_onnx(big, torch.randn(1, 1), tmp_path / "big.onnx")
-    assert not (tmp_path / "big.onnx").exists()
+@pytest.fixture
+def wide_net() -> nn.Module:
+    """Conv-BN-ReLU ×2 and a classifier: 10 k weights, most in tensors above the 1 KiB of external data."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return randomize_bn(model, seed=0, input_shape=(4, 3, 32, 32))
+
+
+def _external_tensors(path) -> list:
+    model = onnx.load(str(path), load_external_data=False)
+    return [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+
+
+def test_weights_over_the_limit_go_to_an_external_data_file(wide_net, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # every model is "large": the > 1 GiB path
+    x = torch.randn(2, 3, 32, 32)
+    canon = canonc.canonize(wide_net, x).module
+    before = {k: v.clone() for k, v in canon.state_dict().items()}
+    info = canonc.export_onnx(canon, x, tmp_path / "big.onnx", optimize=True)
+    # float32 eval modules are exported and run without a copy, and left as they were
+    assert all(torch.equal(v, before[k]) for k, v in canon.state_dict().items()) and not canon.training
+    model_file, data_file = tmp_path / "big.onnx", tmp_path / "big.onnx.data"
+    assert info["onnx_external_data"] and sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    external = _external_tensors(model_file)
+    weights = sum(p.numel() for p in canon.parameters())
+    assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {"big.onnx.data"}
+    assert data_file.stat().st_size >= 4 * weights * 0.9 > 2 * model_file.stat().st_size  # the weights are outside
+    onnx.checker.check_model(str(model_file), full_check=True)
+    y = run_session(session(model_file), (x,))[0]
+    assert np.abs(y - wide_net(x).detach().numpy()).max() <= ort_tol(y)
+
+
+def test_cli_writes_external_data_beside_each_onnx_output(wide_net, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    src = tmp_path / "net.pt"
+    torch.save(wide_net, src)
+    out, side = tmp_path / "canon.onnx", tmp_path / "side.onnx"
+    assert main([str(src), "--trust-pickle", "--input-shape", "1,3,32,32", "-o", str(out), "--onnx", str(side)]) == 0
+    printed = capsys.readouterr().out
+    assert "weights in external .onnx.data" in printed and f"wrote         {side}.data" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canon.onnx", "canon.onnx.data", "net.pt", "side.onnx",
+                                                          "side.onnx.data"]
+    x = torch.randn(3, 3, 32, 32)
+    y_out, y_side = (run_session(session(p), (x,))[0] for p in (out, side))
+    assert np.array_equal(y_out, y_side) and np.abs(y_out - wide_net(x).detach().numpy()).max() <= ort_tol(y_out)
+
+
+def test_external_data_failing_a_check_leaves_nothing(wide_net, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+
+    def fail(*args, **kwargs):
+        raise VerificationError("ONNX Runtime output differs (planted)")
+
+    x = torch.randn(1, 3, 32, 32)
+    canon = canonc.canonize(wide_net, x).module
+    monkeypatch.setattr(onnx_export, "verify_ort", fail)
+    with pytest.raises(VerificationError, match="planted"):
+        canonc.export_onnx(canon, x, tmp_path / "big.onnx")
+    assert list(tmp_path.iterdir()) == []  # no model, no data file, no staging folder
 
 
 def test_export_refuses_a_batchnorm_left_in_the_graph():

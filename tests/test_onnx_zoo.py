@@ -18,7 +18,7 @@ from torch import nn
 import canonc
 from canonc.cli import main
 from canonc.errors import RefusedError
-from canonc.onnx_export import PROTOBUF_LIMIT, op_counts, run_session, session
+from canonc.onnx_export import EXTERNAL_DATA_BYTES, float32_bytes, op_counts, run_session, session
 from models import torchvision_zoo
 
 # efficientnet_b0 (SiLU, squeeze-excitation) takes about a minute on 2 cores: slow, to keep this file near 60 s.
@@ -37,13 +37,10 @@ def export_zoo(name: str, tmp_path) -> dict:
         result = canonc.canonize(model, example, name=name)
     except RefusedError as exc:
         pytest.skip(f"the compiler does not verify {name}: {exc}")
-    weights = sum(4 * p.numel() for p in result.module.parameters())
-    if weights > PROTOBUF_LIMIT:  # regnet_y_128gf: refused with its reason, nothing written
-        with pytest.raises(RefusedError, match="more than one ONNX file can hold"):
-            canonc.export_onnx(result.module, example, tmp_path / f"{name}.onnx")
-        assert not (tmp_path / f"{name}.onnx").exists()
-        return {}
     info = canonc.export_onnx(result.module, example, tmp_path / f"{name}.onnx")
+    # over 1 GiB of weights (regnet_y_128gf, vit_h_14, vit_l_*): in name.onnx.data, since one file must stay < 2 GB
+    assert info["onnx_external_data"] == (float32_bytes(result.module) > EXTERNAL_DATA_BYTES)
+    assert (tmp_path / f"{name}.onnx.data").exists() == info["onnx_external_data"]
     counts = info["onnx_op_counts"]
     assert info["onnx_verified"] and "BatchNormalization" not in counts
     assert info["onnx_max_abs_error"] <= info["onnx_tolerance"]
