@@ -713,8 +713,8 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty; pass an ONNX model file")
     try:
+        onnx.checker.check_model(str(path))  # from the file: also above 2 GB, with external data beside it
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path} is not a valid ONNX model ({first}); re-export it") from exc

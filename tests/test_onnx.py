@@ -262,6 +262,20 @@ def test_cli_writes_external_data_beside_each_onnx_output(wide_net, tmp_path, mo
     assert np.array_equal(y_out, y_side) and np.abs(y_out - wide_net(x).detach().numpy()).max() <= ort_tol(y_out)
 
 
+def test_onnx_input_with_external_data(wide_net, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    x = torch.randn(1, 3, 32, 32)
+    canonc.export_onnx(canonc.canonize(wide_net, x).module, x, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    assert main([str(tmp_path / "in.onnx"), "-o", str(out), "--quiet"]) == 0  # read with its weights, checked vs it
+    assert (tmp_path / "out.onnx.data").exists()
+    (tmp_path / "in.onnx.data").unlink()
+    assert main([str(tmp_path / "in.onnx"), "-o", str(tmp_path / "again.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "in.onnx is not a valid ONNX model" in err and "Traceback" not in err
+    assert not (tmp_path / "again.onnx").exists()
+
+
 def test_external_data_failing_a_check_leaves_nothing(wide_net, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
 
