@@ -104,6 +104,13 @@ def _other_size(x: tuple[torch.Tensor, ...], first: tuple[torch.Tensor, ...]) ->
     return any(a.shape[1:] != b.shape[1:] for a, b in zip(x, first))
 
 
+def _input_blind(x: tuple[torch.Tensor, ...], ys: list[torch.Tensor]) -> bool:
+    """True when ``x`` holds several samples and no floating output differs between them."""
+    batch = x[0].shape[0] if x and x[0].dim() else 1
+    per_sample = [y for y in ys if y.is_floating_point() and y.dim() and y.shape[0] == batch]
+    return batch > 1 and bool(per_sample) and all(torch.equal(y, y[:1].expand_as(y)) for y in per_sample)
+
+
 def gate(
     original64: nn.Module,
     canon64: nn.Module,
@@ -132,6 +139,10 @@ def gate(
                 continue
             yc = []
         used.append(x)
+        if _input_blind(x, y64):
+            notes.append("the model's output is the same for every input it was checked on (a zero-initialised "
+                         "head?), so the check cannot see the layers before it; canonize it with its trained "
+                         "weights, or with random weights in place of the zeros")
         try:
             y32 = outputs(original32, tuple(t.to(dtype) if t.is_floating_point() else t for t in x))
         except (RuntimeError, NotImplementedError) as exc:  # e.g. an op with no float16 kernel on this CPU

@@ -1,4 +1,5 @@
-"""The gate's second input size: used where the canonized graph runs it, skipped with a note where not."""
+"""The gate's check inputs: a second size used where the canonized graph runs it, skipped with a note
+where not; a model whose output ignores its input is flagged."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import torch
 from torch import nn
 
+import canonc
 from canonc.verify import check_inputs, gate
 
 
@@ -32,3 +34,15 @@ def test_a_graph_that_fails_at_the_given_size_fails_the_gate():
     inputs = check_inputs((torch.randn(1, 3, 8, 8, dtype=torch.float64),), original)
     result = gate(original, broken, copy.deepcopy(original).float(), inputs, torch.float32)
     assert not result.passed and result.max_abs_error_fp64 == float("inf")
+
+
+def test_a_model_blind_to_its_input_is_verified_with_a_warning():
+    # torchvision's ViTs start with a zero head: their output is 0 whatever the trunk computes
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+    nn.init.zeros_(model[4].weight)
+    result = canonc.canonize(model.eval(), torch.randn(1, 3, 8, 8))
+    blind = [w for w in result.report.warnings if "same for every input" in w]
+    assert result.report.verified and len(blind) == 1  # once, from the batch-3 input
+    nn.init.normal_(model[4].weight)
+    assert not [w for w in canonc.canonize(model, torch.randn(1, 3, 8, 8)).report.warnings if "same for every" in w]
