@@ -19,6 +19,7 @@ from .errors import CanoncError, InputError, VerificationError
 from .invariance import invariance
 from .load import load, parse_shape
 from .onnx_export import OnnxArtifact, build_onnx
+from .onnx_import import external_data_files
 from .report_formats import check_report_path, render, wants_profile
 from .xai.cli import build_explain_parser, run_explain
 
@@ -60,6 +61,7 @@ def _inputs_of(args: argparse.Namespace) -> list[Path]:
     files = [Path(a) for a in (args.model, args.weights) if a and Path(a).exists()]
     if ":" in args.model and not Path(args.model).exists():
         files.append(Path(args.model.partition(":")[0]))
+    files += [data for f in files if f.suffix == ".onnx" for data in external_data_files(f)]
     return [f.resolve() for f in files if f.exists()]
 
 
@@ -68,7 +70,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise InputError("no output given; pass -o canon.pt (and/or --emit-dir DIR, --onnx canon.onnx)")
     inputs = _inputs_of(args)
     emitted = [Path(args.emit_dir) / name for name in ("model.py", "weights.safetensors")] if args.emit_dir else []
-    for out in (args.output, args.report, args.onnx, *emitted):
+    onnx_data = [f"{out}.data" for out in (args.output, args.onnx) if out and Path(out).suffix == ".onnx"]
+    for out in (args.output, args.report, args.onnx, *emitted, *onnx_data):
         if out and Path(out).resolve() in inputs:
             raise InputError(f"output path {out} is an input file; canonc never overwrites its input, choose another path")
     if args.report:

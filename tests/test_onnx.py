@@ -276,6 +276,17 @@ def test_onnx_input_with_external_data(wide_net, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "again.onnx").exists()
 
 
+def test_an_output_never_overwrites_the_input_onnx_external_data(wide_net, tmp_path, capsys):
+    x = torch.randn(1, 3, 32, 32)
+    canonc.export_onnx(canonc.canonize(wide_net, x).module, x, tmp_path / "tmp.onnx")
+    onnx.save_model(onnx.load(str(tmp_path / "tmp.onnx")), str(tmp_path / "in.onnx"), save_as_external_data=True,
+                    location="canon.onnx.data", size_threshold=0)  # the input's weights live in canon.onnx.data
+    data = (tmp_path / "canon.onnx.data").read_bytes()
+    assert main([str(tmp_path / "in.onnx"), "-o", str(tmp_path / "canon.onnx")]) == 2
+    assert "canon.onnx.data is an input file" in capsys.readouterr().err
+    assert (tmp_path / "canon.onnx.data").read_bytes() == data and not (tmp_path / "canon.onnx").exists()
+
+
 def test_external_data_failing_a_check_leaves_nothing(wide_net, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
 
