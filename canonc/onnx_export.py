@@ -274,7 +274,11 @@ class OnnxArtifact:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = data_path.name
-        atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
+        try:
+            atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
+        except BaseException:
+            data_path.unlink(missing_ok=True)  # no weights file without its model
+            raise
         return [path, data_path]
 
     def discard(self) -> None:
