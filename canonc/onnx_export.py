@@ -33,6 +33,7 @@ from torch import nn
 
 from .codegen import atomic_write
 from .errors import InputError, VerificationError
+from .onnx_import import location_entries
 from .verify import outputs
 
 OPSET = 18
@@ -97,12 +98,15 @@ def _batched(example: tuple[torch.Tensor, ...], batch: int, seed: int) -> tuple[
     return tuple(out)
 
 
+def _floating(module: nn.Module) -> list[torch.Tensor]:
+    """The floating-point parameters and buffers of ``module`` (its ONNX weights)."""
+    return [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+
+
 def _float32_eval(module: nn.Module) -> nn.Module:
     """``module`` itself when it is float32 and in eval mode already (a large model's weights are
     not duplicated; export and inference leave it unchanged), else a float32 eval-mode copy."""
-    tensors = (*module.parameters(), *module.buffers())
-    if not any(m.training for m in module.modules()) and all(t.dtype == torch.float32 for t in tensors
-                                                             if t.is_floating_point()):
+    if not any(m.training for m in module.modules()) and all(t.dtype == torch.float32 for t in _floating(module)):
         return module
     return copy.deepcopy(module).float().eval()
 
@@ -161,7 +165,7 @@ def to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], *, opset: int 
 
 def float32_bytes(module: nn.Module) -> int:
     """Bytes of ``module``'s floating-point parameters and buffers in float32 (its ONNX weights)."""
-    return sum(4 * t.numel() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
+    return sum(4 * t.numel() for t in _floating(module))
 
 
 def check_structure(model: onnx.ModelProto, path: Path | None = None) -> dict[str, int]:
@@ -270,10 +274,8 @@ class OnnxArtifact:
         data_path = path.with_name(path.name + ".data")
         atomic_write(data_path, lambda tmp: shutil.copyfile(self.staged.with_name(STAGED_NAME + ".data"), tmp))
         model = onnx.load(str(self.staged), load_external_data=False)
-        for tensor in onnx.external_data_helper._get_all_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_path.name
+        for entry in location_entries(model):
+            entry.value = data_path.name
         try:
             atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
         except BaseException:
@@ -322,19 +324,20 @@ def build_onnx(module: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     example = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     model, used = to_onnx(module, example, opset=opset, exporter=exporter)
     folder = _staging_folder(stage_in) if float32_bytes(module) > EXTERNAL_DATA_BYTES else None
-    try:
+
+    def checked(model: onnx.ModelProto) -> tuple[Path | None, dict[str, int], dict]:
         path = None if folder is None else _stage(model, folder)
-        counts = check_structure(model, path)
-        info = verify_ort(model if path is None else path, module, example, reference=reference)
+        return path, check_structure(model, path), verify_ort(path or model, module, example, reference=reference)
+
+    try:
+        path, counts, info = checked(model)
         if optimize:
             import onnxscript.optimizer
 
             if folder is not None:
                 onnx.load_external_data_for_model(model, str(folder))
             model = onnxscript.optimizer.optimize(model)
-            path = None if folder is None else _stage(model, folder)
-            counts = check_structure(model, path)
-            info = verify_ort(model if path is None else path, module, example, reference=reference)
+            path, counts, info = checked(model)
     except BaseException:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -705,15 +705,19 @@ _HANDLERS: dict[str, Callable[[Importer, dict], Value | tuple[Value, ...]]] = {
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 
+def location_entries(model: onnx.ModelProto) -> list:
+    """The ``location`` entries of every tensor stored as external data (file names, relative to the model)."""
+    return [e for t in onnx.external_data_helper._get_all_tensors(model) for e in t.external_data
+            if e.key == "location"]
+
+
 def external_data_files(path: Path) -> list[Path]:
     """The external data files an ONNX file refers to (none for an unreadable file: ``read_onnx`` says why)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError):
         return []
-    locations = {e.value for t in onnx.external_data_helper._get_all_tensors(model) for e in t.external_data
-                 if e.key == "location"}
-    return [Path(path).parent / loc for loc in sorted(locations)]
+    return [Path(path).parent / loc for loc in sorted({e.value for e in location_entries(model)})]
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:

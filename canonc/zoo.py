@@ -73,20 +73,16 @@ def count_layernorm(model: nn.Module) -> tuple[int, int]:
     return len(norms), len(affine)
 
 
-def randomize_zero_weights(model: nn.Module, gen: torch.Generator) -> list[str]:
+def randomize_zero_weights(model: nn.Module, gen: torch.Generator) -> None:
     """Draw ``N(0, 1/fan_in)`` for every all-zero parameter of two or more dimensions, in place.
 
     torchvision's ViTs start with a zero head (and class token): at random weights their output
     is exactly 0 whatever the trunk computes, so an equivalence check on them could not fail.
-    Returns the names of the parameters drawn.
     """
-    drawn = []
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2 and p.is_floating_point() and not p.any():
                 p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
-                drawn.append(name)
-    return drawn
 
 
 def randomize(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
