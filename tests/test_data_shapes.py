@@ -36,6 +36,19 @@ def test_deterministic_and_prefix_stable(bench):
     assert not torch.equal(other.images, bench.images[:8])
 
 
+@pytest.mark.parametrize("start, n", [(40, 180), (250, 50), (256, 44)])  # inside a block, across one, block-aligned
+def test_a_slice_renders_the_same_images_as_the_whole_split(bench, start, n):
+    part = shapes_benchmark(n, seed=3, start=start)
+    for field in ("images", "labels", "masks", "boxes"):
+        assert torch.equal(getattr(part, field), getattr(bench, field)[start:start + n])
+    assert part.name == f"shapes:{n}:3@{start}"
+
+
+def test_negative_start_is_refused():
+    with pytest.raises(InputError, match="start must be at least 0"):
+        shapes_benchmark(4, start=-1)
+
+
 def test_every_class_occurs_and_masks_are_plausible(bench):
     assert torch.bincount(bench.labels, minlength=6).min() >= 25
     area = bench.masks.flatten(1).float().mean(1)

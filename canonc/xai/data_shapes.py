@@ -155,8 +155,8 @@ def _render(p: dict[str, np.ndarray], size: int) -> tuple[torch.Tensor, torch.Te
     return _paint(canvas, mask, t["colour"]).clamp_(0, 1), mask[:, None], t["label"].long()
 
 
-def shapes_benchmark(n: int, *, size: int = 64, seed: int = 0) -> Benchmark:
-    """``n`` images of the synthetic shapes benchmark, deterministic by ``seed`` and prefix-stable.
+def shapes_benchmark(n: int, *, size: int = 64, seed: int = 0, start: int = 0) -> Benchmark:
+    """Images ``start`` to ``start + n`` of the synthetic shapes benchmark, deterministic by ``seed``.
 
     Parameters
     ----------
@@ -166,6 +166,9 @@ def shapes_benchmark(n: int, *, size: int = 64, seed: int = 0) -> Benchmark:
         Image side in pixels (at least 16).
     seed : int
         Seed of the split; :data:`TEST_SEED` is the held-out evaluation split.
+    start : int
+        Index of the first image: a slice of a split renders only its own blocks (each
+        data-parallel training process draws its shard this way).
 
     Returns
     -------
@@ -176,13 +179,16 @@ def shapes_benchmark(n: int, *, size: int = 64, seed: int = 0) -> Benchmark:
         raise InputError(f"shapes benchmark: n must be at least 1, got {n}")
     if size < 16:
         raise InputError(f"shapes benchmark: size must be at least 16 pixels, got {size}")
+    if start < 0:
+        raise InputError(f"shapes benchmark: start must be at least 0, got {start}")
+    stop = start + n
     pixels, masks, labels = [], [], []
-    for block in range((n + BLOCK - 1) // BLOCK):
-        keep = n - block * BLOCK
-        rendered = _render({k: v[:keep] for k, v in _block_params(seed, block, size).items()}, size)
+    for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+        lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, BLOCK)
+        rendered = _render({k: v[lo:hi] for k, v in _block_params(seed, block, size).items()}, size)
         pixels.append(rendered[0])
         masks.append(rendered[1])
         labels.append(rendered[2])
     mask = torch.cat(masks)
     return Benchmark(normalise(torch.cat(pixels)), torch.cat(labels), mask, box_mask(mask),
-                     list(SHAPE_CLASSES), f"shapes:{n}:{seed}")
+                     list(SHAPE_CLASSES), f"shapes:{n}:{seed}" if start == 0 else f"shapes:{n}:{seed}@{start}")
