@@ -155,7 +155,7 @@ def _fit(name: str, recipe: Recipe, seed: int, rank: int = 0, log=print) -> tupl
             opt.step()
             schedule.step()
             total += loss.item()
-        progress = torch.tensor([float(total) / steps, accuracy(model, validation)])
+        progress = torch.tensor([total / steps, accuracy(model, validation)])
         if processes > 1:
             _average([progress], processes)
         if rank == 0:
