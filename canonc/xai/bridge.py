@@ -9,13 +9,21 @@ backward is the rule. The rule's arithmetic is zennit's own (same results, bit f
 the discarded backward and the copies are gone. Canonized models have no in-place ops,
 so the input need not be copied; an ``inplace`` module keeps its plain gradient (for
 ReLU, the only such activation, that equals the pass rule).
+
+Rules built from several modified forward passes (zennit's ``BasicHook``: z+, α-β, γ)
+also skip the passes that are zero by construction: a pass whose modified input is all
+zero (``x.clamp(max=0)`` after a ReLU) and whose modified layer has no bias outputs zero
+and adds ``0 · gradient`` to the relevance, and a pass whose mapped output gradient is
+all zero (γ's sign pass) has a zero gradient. Both are skipped instead of computed; the
+relevance is the same (``tests/test_xai_bridge.py`` checks equality with zennit's own
+backward). After a ReLU this halves the convolutions of z+ and α2β1.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from zennit.core import Hook, RemovableHandle, RemovableHandleList
+from zennit.core import BasicHook, Hook, ParamMod, RemovableHandle, RemovableHandleList
 
 
 class _Rule(torch.autograd.Function):
@@ -33,6 +41,37 @@ class _Rule(torch.autograd.Function):
         return None, None, relevance, None
 
 
+def _zero_free_backward(hook: BasicHook, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+    """zennit's ``BasicHook.backward`` without the modified passes that are zero by construction."""
+    x = hook.stored_tensors["input"][0]
+    passes = list(zip(hook.input_modifiers, hook.param_modifiers, hook.output_modifiers))
+    inputs = [in_mod(x) for in_mod, _, _ in passes]
+    outputs: list[torch.Tensor | None] = [None] * len(passes)
+    for i, (_, param_mod, out_mod) in enumerate(passes):
+        with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
+            bias = getattr(modified, "bias", None)
+            if inputs[i].any() or (bias is not None and bias.any()):
+                inputs[i].requires_grad_()
+                outputs[i] = out_mod(modified.forward(inputs[i]))
+    live = [i for i, out in enumerate(outputs) if out is not None]
+    if not live:  # an all-zero input of a bias-free layer: no pass to take the output's shape from
+        return BasicHook.backward(hook, module, grad_input, grad_output)
+    outputs = [out if out is not None else torch.zeros_like(outputs[live[0]]) for out in outputs]
+    grad_outputs = hook.gradient_mapper(grad_output[0], outputs)
+    if isinstance(grad_outputs, torch.Tensor):  # one-pass rules (ε, Norm) map to a bare tensor
+        grad_outputs = [grad_outputs]
+    needed = [i for i in live if grad_outputs[i].any()]
+    gradients = [torch.zeros_like(inp) for inp in inputs]
+    if needed:
+        computed = torch.autograd.grad([outputs[i] for i in needed], [inputs[i] for i in needed],
+                                       grad_outputs=[grad_outputs[i] for i in needed],
+                                       create_graph=grad_output[0].requires_grad)
+        for i, gradient in zip(needed, computed):
+            gradients[i] = gradient
+    relevance = hook.reducer([inp.detach() for inp in inputs], gradients)
+    return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
+
+
 class _Bridged:
     """Mixin over a zennit ``Hook`` class: register one forward hook that inserts :class:`_Rule`."""
 
@@ -47,17 +86,28 @@ class _Bridged:
         return _Rule.apply(self, module, input[0], output)
 
 
+class _BridgedBasic(_Bridged):
+    """:class:`_Bridged` for zennit's ``BasicHook`` rules: their backward skips the zero passes."""
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+        """The rule's relevance, computed by :func:`_zero_free_backward`."""
+        return _zero_free_backward(self, module, grad_input, grad_output)
+
+
 _CLASSES: dict[type, type] = {}
 
 
 def bridged(rule: Hook) -> Hook:
     """``rule`` (a zennit hook with a single-input ``backward``), applied through one autograd node.
 
-    The instance's class is swapped for a subclass with the bridged registration; its
-    ``copy()`` (one copy per module) keeps that class.
+    The instance's class is swapped for a subclass with the bridged registration (and, for
+    a ``BasicHook`` that keeps zennit's backward, the zero-free one); its ``copy()`` (one
+    copy per module) keeps that class.
     """
     cls = type(rule)
     if cls not in _CLASSES:
-        _CLASSES[cls] = cls if issubclass(cls, _Bridged) else type(cls.__name__, (_Bridged, cls), {})
+        plain_basic = isinstance(rule, BasicHook) and cls.backward is BasicHook.backward
+        mixin = _BridgedBasic if plain_basic else _Bridged  # a rule's own backward is kept
+        _CLASSES[cls] = cls if issubclass(cls, _Bridged) else type(cls.__name__, (mixin, cls), {})
     rule.__class__ = _CLASSES[cls]
     return rule

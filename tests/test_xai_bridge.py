@@ -1,0 +1,103 @@
+"""The bridged rules' zero-free backward: the same relevance as zennit's ``BasicHook.backward``,
+with fewer convolutions (the all-zero passes after a ReLU are skipped)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from zennit.core import BasicHook
+
+import canonc
+from canonc.xai import Explainer, bridge
+from models.zoo import randomize_bn
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Canonized models with ReLU-fed convs, residual sums, dense concat and a squeeze-excitation gate."""
+    out = {}
+    for name in ("vgg11_bn", "resnet18", "densenet121", "efficientnet_b0"):
+        torch.manual_seed(0)
+        model = randomize_bn(torchvision.models.get_model(name), input_shape=(2, 3, 48, 48))
+        out[name] = canonc.canonize(model, torch.randn(1, 3, 48, 48), verify=False).module
+    return out
+
+
+def _relevance(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
+    with Explainer(model, method) as explainer:
+        return explainer(x, [3, 5], keep_channels=True)
+
+
+@pytest.mark.parametrize("method", ["eb", "lrp-epsilon-plus", "lrp-alpha2beta1", "lrp-gamma", "lrp-epsilon"])
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0"])
+def test_zero_free_backward_equals_zennits(models, name, method, monkeypatch):
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    ours = _relevance(models[name], method, x)
+    monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
+    theirs = _relevance(models[name], method, x)
+    assert theirs.abs().max() > 0
+    assert torch.equal(ours, theirs)
+
+
+def _conv_calls(model: nn.Module, method: str, x: torch.Tensor, monkeypatch) -> int:
+    calls = [0]
+    original = nn.Conv2d._conv_forward
+
+    def counted(self, *args):
+        calls[0] += 1
+        return original(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nn.Conv2d, "_conv_forward", counted)
+        _relevance(model, method, x)
+    return calls[0]
+
+
+@pytest.mark.parametrize(("method", "passes"), [("lrp-epsilon-plus", 2), ("lrp-alpha2beta1", 4)])
+def test_relu_fed_convs_skip_their_zero_passes(models, method, passes, monkeypatch):
+    """VGG-11: 8 convs; the first sees the signed image (all passes), the other 7 only ReLU outputs."""
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    convs = 8
+    ours = _conv_calls(models["vgg11_bn"], method, x, monkeypatch)
+    monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
+    theirs = _conv_calls(models["vgg11_bn"], method, x, monkeypatch)
+    assert theirs == convs + convs * passes  # the forward, then every modified pass
+    assert ours == convs + passes + (convs - 1) * passes // 2  # half the passes of the ReLU-fed convs
+
+
+def test_an_all_zero_input_falls_back_to_zennits_backward():
+    """A bias-free conv fed only zeros: every pass is zero, the relevance is zero, not an error."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(), nn.Linear(2 * 9, 6)).eval()
+    relevance = _relevance(model, "lrp-epsilon-plus", torch.zeros(2, 1, 5, 5))
+    assert relevance.shape == (2, 1, 5, 5)
+    assert torch.equal(relevance, torch.zeros_like(relevance))
+
+
+def test_a_zero_input_pass_with_a_bias_is_computed(monkeypatch):
+    """A rule whose zero-input pass keeps a (negative) bias: that pass's output is the bias, not zero."""
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import ClampMod
+    from zennit.types import Convolution
+
+    from canonc.xai.bridge import bridged
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(), nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 4)).eval()
+    nn.init.constant_(model[1].bias, -0.5)
+    rule = BasicHook(input_modifiers=[lambda x: x.clamp(min=0), lambda x: x.clamp(max=0)],
+                     param_modifiers=[ClampMod(min=0.0), ClampMod(max=0.0)],  # biases kept on both passes
+                     output_modifiers=[lambda y: y] * 2,
+                     gradient_mapper=lambda grad, outs: [grad / sum(outs)] * 2,
+                     reducer=lambda xs, gs: xs[0] * gs[0] + xs[1] * gs[1])
+    x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(1))
+
+    def relevance() -> torch.Tensor:
+        with Gradient(model, LayerMapComposite([((Convolution,), bridged(rule))])) as attributor:
+            return attributor(x, torch.eye(4)[[1, 2]])[1]
+
+    ours = relevance()
+    monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
+    assert torch.equal(ours, relevance())
