@@ -120,9 +120,13 @@ def check_noise_source(noise_source: np.random.RandomState | None, quantus_compa
 def target_scores(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, softmax: bool) -> torch.Tensor:
     """float64 ``(M,)`` target logits of ``model(inputs)``, or softmax probabilities."""
     with torch.no_grad():
-        out = model(inputs)
-        if softmax:
-            out = out.softmax(1)
+        return scores_of_output(model(inputs), targets, softmax=softmax)
+
+
+def scores_of_output(out: torch.Tensor, targets: torch.Tensor, *, softmax: bool) -> torch.Tensor:
+    """float64 ``(M,)`` target entries of the logits ``out``, or of their softmax probabilities."""
+    if softmax:
+        out = out.softmax(1)
     return out.gather(1, targets[:, None])[:, 0].double()
 
 

@@ -4,7 +4,10 @@ A perturbation schedule is a map ``when`` (an int per pixel, or per channel valu
 which step that value is replaced, and a ``fill`` (broadcastable to the input) with the value
 it is replaced by. Input ``k`` of the curve (``k = 0 .. steps``) is
 ``where(when < k, fill, x)``: replacements accumulate, input 0 is the original. Rows (sample,
-step) are packed ``batch_size`` at a time into one forward pass.
+step) are packed ``batch_size`` at a time into one forward pass; on a canonized model, where
+one step changes a small part of each input (a patch), ``batch_size`` samples go through
+their steps together instead and each step recomputes only what it changed
+(:mod:`.incremental`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torch import nn
 
 from ...errors import InputError
 from ..explain import model_device_dtype
-from .common import check_batch, scores_of_variants
+from .common import check_batch, scores_of_output, scores_of_variants
+from .incremental import incremental_curve, pays_off
 
 BASELINES = ("black", "mean", "uniform", "blur")
 
@@ -85,9 +89,19 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
             row += last - first
         return out, targets[rows // (steps + 1)]
 
-    scores = scores_of_variants(model, n * (steps + 1), build, batch_size=batch_size, softmax=softmax,
-                                device=inputs.device)
-    return scores.reshape(n, steps + 1)
+    def full_curve(part: slice) -> torch.Tensor:
+        rows = torch.arange(part.start * (steps + 1), part.stop * (steps + 1), device=inputs.device)
+        return scores_of_variants(model, len(rows), lambda r: build(r + rows[0]), batch_size=batch_size,
+                                  softmax=softmax, device=inputs.device).reshape(-1, steps + 1)
+
+    def step_input(part: slice, k: int) -> torch.Tensor:
+        return torch.where(when[part] >= k, inputs[part], fill[part])
+
+    if steps and pays_off(model, step_input(slice(0, 1), 0), step_input(slice(0, 1), 1)):
+        return incremental_curve(model, n, step_input, steps,
+                                 lambda out, part: scores_of_output(out, targets[part], softmax=softmax),
+                                 batch_size=batch_size, full_curve=full_curve)
+    return full_curve(slice(0, n))
 
 
 def grid_padding(size: int, patch_size: int) -> tuple[int, int]:
