@@ -1,5 +1,5 @@
-"""The bridged rules' zero-free backward: the same relevance as zennit's ``BasicHook.backward``,
-with fewer convolutions (the all-zero passes after a ReLU are skipped)."""
+"""The bridged rules' zero-free backward and the closed-form z+ / α-β rules: the same relevance as
+zennit's ``BasicHook.backward``, with fewer convolutions (the all-zero passes after a ReLU are skipped)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from torch import nn
 from zennit.core import BasicHook
 
 import canonc
-from canonc.xai import Explainer, bridge
+from canonc.xai import Explainer, bridge, rules
 from models.zoo import randomize_bn
+
+
+def zennits_own_backward(monkeypatch) -> None:
+    """Every rule of canonc's methods computes its relevance with zennit's ``BasicHook.backward``."""
+    for cls in (bridge._BridgedBasic, rules.ClosedZPlus, rules.ClosedAlphaBeta):
+        monkeypatch.setattr(cls, "backward", BasicHook.backward)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +38,10 @@ def _relevance(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["eb", "lrp-epsilon-plus", "lrp-alpha2beta1", "lrp-gamma", "lrp-epsilon"])
 @pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0"])
-def test_zero_free_backward_equals_zennits(models, name, method, monkeypatch):
+def test_canoncs_rules_equal_zennits_backward(models, name, method, monkeypatch):
     x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     ours = _relevance(models[name], method, x)
-    monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
+    zennits_own_backward(monkeypatch)
     theirs = _relevance(models[name], method, x)
     assert theirs.abs().max() > 0
     assert torch.equal(ours, theirs)
@@ -61,7 +67,7 @@ def test_relu_fed_convs_skip_their_zero_passes(models, method, passes, monkeypat
     x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     convs = 8
     ours = _conv_calls(models["vgg11_bn"], method, x, monkeypatch)
-    monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
+    zennits_own_backward(monkeypatch)
     theirs = _conv_calls(models["vgg11_bn"], method, x, monkeypatch)
     assert theirs == convs + convs * passes  # the forward, then every modified pass
     assert ours == convs + passes + (convs - 1) * passes // 2  # half the passes of the ReLU-fed convs
@@ -101,3 +107,26 @@ def test_a_zero_input_pass_with_a_bias_is_computed(monkeypatch):
     ours = relevance()
     monkeypatch.setattr(bridge._BridgedBasic, "backward", BasicHook.backward)
     assert torch.equal(ours, relevance())
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(3.0, 2.0), (1.0, 0.0)])
+def test_closed_alpha_beta_equals_zennits_on_signed_and_relu_inputs(alpha, beta):
+    """Any α-β: the first conv sees a signed input, the second a ReLU output; equal to zennit's AlphaBeta."""
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import AlphaBeta
+    from zennit.types import Convolution
+
+    from canonc.xai.bridge import bridged
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(3 * 9, 4)).eval()
+    x = torch.randn(2, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def relevance(rule) -> torch.Tensor:
+        with Gradient(model, LayerMapComposite([((Convolution,), rule)])) as attributor:
+            return attributor(x, torch.eye(4)[[1, 2]])[1]
+
+    ours = relevance(bridged(rules.ClosedAlphaBeta(alpha, beta, stabilizer=1e-6)))
+    assert ours.abs().max() > 0
+    assert torch.equal(ours, relevance(AlphaBeta(alpha, beta, stabilizer=1e-6)))

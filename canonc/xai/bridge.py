@@ -41,7 +41,7 @@ class _Rule(torch.autograd.Function):
         return None, None, relevance, None
 
 
-def _zero_free_backward(hook: BasicHook, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+def zero_free_backward(hook: BasicHook, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
     """zennit's ``BasicHook.backward`` without the modified passes that are zero by construction."""
     x = hook.stored_tensors["input"][0]
     passes = list(zip(hook.input_modifiers, hook.param_modifiers, hook.output_modifiers))
@@ -90,8 +90,8 @@ class _BridgedBasic(_Bridged):
     """:class:`_Bridged` for zennit's ``BasicHook`` rules: their backward skips the zero passes."""
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
-        """The rule's relevance, computed by :func:`_zero_free_backward`."""
-        return _zero_free_backward(self, module, grad_input, grad_output)
+        """The rule's relevance, computed by :func:`zero_free_backward`."""
+        return zero_free_backward(self, module, grad_input, grad_output)
 
 
 _CLASSES: dict[type, type] = {}

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 from zennit.composites import LayerMapComposite, NameLayerMapComposite
 from zennit.core import Composite
-from zennit.rules import AlphaBeta, Epsilon, Gamma, ZPlus
+from zennit.rules import Epsilon, Gamma
 from zennit.types import Convolution, Linear
 
 from ..errors import InputError
 from .bridge import bridged
 from .composites import canon_layer_map
 from .groups import DEFAULT_GROUPS, layer_groups
+from .rules import ClosedAlphaBeta, ClosedZPlus
 
 GradFn = Callable[[torch.Tensor], torch.Tensor]
 """``x -> d(target logit)/dx`` under the method's composite (relevance for rule-based methods)."""
@@ -61,7 +62,7 @@ class Method:
 
 def _eb(model: nn.Module, p: dict) -> Composite:
     """zennit's ``ExcitationBackprop``: z+ on every Conv/Linear."""
-    rules = [((Linear,), bridged(ZPlus(stabilizer=p["stabilizer"])))]
+    rules = [((Linear,), bridged(ClosedZPlus(stabilizer=p["stabilizer"])))]
     return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
@@ -72,14 +73,14 @@ def _epsilon(model: nn.Module, p: dict) -> Composite:
 
 def _epsilon_plus(model: nn.Module, p: dict) -> Composite:
     """zennit's ``EpsilonPlus``: z+ on convs, ε on ``nn.Linear``."""
-    rules = [((Convolution,), bridged(ZPlus(stabilizer=p["stabilizer"]))),
+    rules = [((Convolution,), bridged(ClosedZPlus(stabilizer=p["stabilizer"]))),
              ((nn.Linear,), bridged(Epsilon(epsilon=p["epsilon"])))]
     return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
 
 def _alpha2beta1(model: nn.Module, p: dict) -> Composite:
     """zennit's ``EpsilonAlpha2Beta1``: α2β1 on convs, ε on ``nn.Linear``."""
-    rules = [((Convolution,), bridged(AlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]))),
+    rules = [((Convolution,), bridged(ClosedAlphaBeta(alpha=2.0, beta=1.0, stabilizer=p["stabilizer"]))),
              ((nn.Linear,), bridged(Epsilon(epsilon=p["epsilon"])))]
     return LayerMapComposite(layer_map=canon_layer_map(p["stabilizer"]) + rules)
 
