@@ -83,6 +83,13 @@ def test_work_share_of_a_patch_step():
     assert pays_off(model, x, patch)
     assert not pays_off(model, x, torch.zeros_like(x))
     assert not pays_off(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()), x, patch)  # not a graph module
+    tiny = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4, padding=2), nn.ReLU(), nn.AvgPool2d(8), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10)).eval()
+    tiny = canonc.canonize(tiny, x, verify=False).module
+    small = IncrementalForward(tiny, x)
+    small.step(patch)
+    assert small.work_share() < 0.5  # a small share of its work, but too little work: full passes are cheaper
+    assert not pays_off(tiny, x, patch)
 
 
 def _region_curves(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, int]:

@@ -46,6 +46,10 @@ POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish,
              nn.Hardsigmoid, nn.Dropout, nn.Identity)
 """Modules that act on each value alone (``ThreshReLU`` is a ``ReLU``)."""
 
+MIN_WORK_PER_INPUT = 200
+"""Multiply-adds per input value a full pass must cost for incremental passes to pay off: below it
+(a tiny model) building and comparing each step's input costs more than the pass itself."""
+
 CHECK_RTOL = 1e-4
 """Tolerance of the last-step check, relative to the largest logit of the batch."""
 
@@ -324,12 +328,15 @@ def _get_attr(model: nn.Module, target: str) -> object:
 def pays_off(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> bool:
     """Whether incremental passes save work on this model for a step like ``first → second`` (one sample).
 
-    Only an fx graph module (a canonized model) on images qualifies, and only if the step
+    Only an fx graph module (a canonized model) on images qualifies, only if a full pass costs
+    at least :data:`MIN_WORK_PER_INPUT` multiply-adds per input value, and only if the step
     recomputes less than :data:`FULL_WINDOW` of a full pass's work.
     """
     if not isinstance(model, fx.GraphModule) or first.dim() != 4:
         return False
     engine = IncrementalForward(model, first)
+    if sum(engine.cost.values()) < MIN_WORK_PER_INPUT * first.numel():
+        return False
     engine.step(second)
     return engine.work_share() < FULL_WINDOW
 
