@@ -26,7 +26,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _UNKNOWN = object()
 
 
-def _run_node(root: nn.Module, node: fx.Node, values: dict[fx.Node, object]) -> object:
+def run_node(root: nn.Module, node: fx.Node, values: dict[fx.Node, object]) -> object:
     """Evaluate one traced node given the values of its inputs."""
     args = fx.node.map_arg(node.args, lambda n: values[n])
     kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
@@ -126,7 +126,7 @@ class CanonTracer(fx.Tracer):
                                                else node.args[0] if node.args else None)
                         placeholders += 1
                     if node not in self.values:
-                        self.values[node] = _run_node(root, node, self.values)
+                        self.values[node] = run_node(root, node, self.values)
                     if node is target:
                         return self.values[node]
         except Exception:  # noqa: BLE001 - not computable here: the usual trace error follows

@@ -61,41 +61,41 @@ def closed_form(module: nn.Module, x: torch.Tensor, grad: torch.Tensor,
     return relevance
 
 
-class ClosedZPlus(ZPlus):
+class _ClosedForm:
+    """Mixin over zennit's ``ZPlus`` / ``AlphaBeta``: the backward by :func:`closed_form`.
+
+    ``weights`` holds one weight per part (z+: ``(1,)``; α-β: ``(α, β)``); each part takes two
+    consecutive parameter modifiers of the rule (for ``x+`` and ``x−``).
+    """
+
+    weights: tuple[float, ...]
+    stabilizer: float
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+        """Relevance of the module's input."""
+        pairs = [tuple(self.param_modifiers[2 * i:2 * i + 2]) for i in range(len(self.weights))]
+        relevance = closed_form(module, self.stored_tensors["input"][0], grad_output[0],
+                                list(zip(self.weights, pairs)), self.stabilizer)
+        return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
+
+    def copy(self) -> _ClosedForm:
+        """A fresh instance of the same (possibly bridged) class, weights and stabilizer."""
+        copy = super().copy()
+        copy.weights, copy.stabilizer = self.weights, self.stabilizer
+        return copy
+
+
+class ClosedZPlus(_ClosedForm, ZPlus):
     """zennit's ``ZPlus`` (float stabilizer) in closed form."""
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         super().__init__(stabilizer=stabilizer)
-        self.stabilizer = float(stabilizer)
-
-    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
-        """Relevance of the module's input."""
-        relevance = closed_form(module, self.stored_tensors["input"][0], grad_output[0],
-                                [(1.0, tuple(self.param_modifiers[:2]))], self.stabilizer)
-        return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
-
-    def copy(self) -> ClosedZPlus:
-        """A fresh instance of the same (possibly bridged) class and stabilizer."""
-        copy = super().copy()
-        copy.stabilizer = self.stabilizer
-        return copy
+        self.weights, self.stabilizer = (1.0,), float(stabilizer)
 
 
-class ClosedAlphaBeta(AlphaBeta):
+class ClosedAlphaBeta(_ClosedForm, AlphaBeta):
     """zennit's ``AlphaBeta`` (float stabilizer) in closed form."""
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer)
-        self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
-
-    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
-        """Relevance of the module's input."""
-        parts = [(self.alpha, tuple(self.param_modifiers[:2])), (self.beta, tuple(self.param_modifiers[2:]))]
-        relevance = closed_form(module, self.stored_tensors["input"][0], grad_output[0], parts, self.stabilizer)
-        return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
-
-    def copy(self) -> ClosedAlphaBeta:
-        """A fresh instance of the same (possibly bridged) class and parameters."""
-        copy = super().copy()
-        copy.alpha, copy.beta, copy.stabilizer = self.alpha, self.beta, self.stabilizer
-        return copy
+        self.weights, self.stabilizer = (float(alpha), float(beta)), float(stabilizer)

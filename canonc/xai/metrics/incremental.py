@@ -29,7 +29,9 @@ where they disagree by more than :data:`CHECK_RTOL`.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import warnings
 from collections.abc import Callable
 
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ... import nn as cnn
+from ...trace import run_node
 
 FULL_WINDOW = 0.5
 """A window covering at least this share of a layer's output is computed as the full layer."""
@@ -176,23 +179,14 @@ class IncrementalForward:
 
     def _run(self, node: fx.Node) -> object:
         """The node's value from the cached values of its inputs, in storage of its own."""
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.values[n])
-        if node.op == "get_attr":
-            return _get_attr(self.model, node.target)
-        if node.op == "call_function":
-            if node.target is cnn.stack_summands:
-                return list(args[0])  # the Sum adds the summands itself
-            value = node.target(*args, **kwargs)
-        elif node.op == "call_method":
-            value = getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_function" and node.target is cnn.stack_summands:
+            return list(fx.node.map_arg(node.args[0], lambda n: self.values[n]))  # the Sum adds them itself
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        first = self.values[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else None
+        if isinstance(module, cnn.ReLU) or (isinstance(module, cnn.Sum) and isinstance(first, list)):
+            value = _pointwise(module, _tensors(first))  # no in-place work on the cached inputs
         else:
-            module = self.modules[node.target]
-            if isinstance(module, cnn.Sum) and isinstance(args[0], list):
-                value = _add(args[0])
-            elif type(module) is cnn.ReLU:
-                value = torch.relu(args[0])  # canonc's ReLU may overwrite its producer's output in inference
-            else:
-                value = module(*args, **kwargs)
+            value = run_node(self.model, node, self.values)
         own = [v for n in node.all_input_nodes for v in _tensors(self.values[n])]
         if isinstance(value, torch.Tensor) and any(value.data_ptr() == v.data_ptr() for v in own):
             value = value.clone()  # an output aliasing an input (identity, dropout) gets its own storage
@@ -219,11 +213,11 @@ class IncrementalForward:
             window = _window(module)
             if window is not None and len(node.all_input_nodes) == 1:
                 boxes = window.reach(self.boxes[sources[0]], tuple(value.shape[2:]))
-                self._write(node, boxes, [window.compute], window)
+                self._write(node, boxes, window.compute, window)
                 return boxes
             if isinstance(module, (*POINTWISE, cnn.Sum, cnn.Concat, cnn.Mul)) and self._same_grid(node):
                 boxes = _union([self.boxes[n] for n in sources])
-                self._write(node, boxes, [lambda *parts: _pointwise(module, list(parts))], None)
+                self._write(node, boxes, lambda *parts: _pointwise(module, list(parts)), None)
                 return boxes
         self.values[node] = new = self._run(node)
         self.work[node] = 1.0
@@ -238,7 +232,8 @@ class IncrementalForward:
         inputs = [t for n in node.all_input_nodes for t in _tensors(self.values[n])]
         return all(t.dim() == 4 and t.shape[0] == shape[0] and t.shape[2:] == shape[2:] for t in inputs)
 
-    def _write(self, node: fx.Node, boxes: torch.Tensor, compute: list[Callable], window: _Window | None) -> None:
+    def _write(self, node: fx.Node, boxes: torch.Tensor, compute: Callable[..., torch.Tensor],
+               window: _Window | None) -> None:
         """Recompute one common window size over the changed samples (or the whole layer) into the cache.
 
         ``window``: the layer's geometry (its inputs are cropped with the layer's reach and
@@ -264,7 +259,7 @@ class IncrementalForward:
         else:
             (r, h), (c, w) = window.source(tops, size[0], 0), window.source(lefts, size[1], 1)
             crops = [_gather(t, samples, r, c, h, w, window.fill) for t in parts]
-        result = compute[0](*crops)
+        result = compute(*crops)
         rows = tops[:, None] + torch.arange(size[0], device=out.device)
         cols = lefts[:, None] + torch.arange(size[1], device=out.device)
         out.permute(0, 2, 3, 1)[samples[:, None, None], rows[:, :, None], cols[:, None, :]] = result.permute(0, 2, 3, 1)
@@ -302,27 +297,12 @@ def _union(boxes: list[torch.Tensor]) -> torch.Tensor:
 def _pointwise(module: nn.Module, tensors: list[torch.Tensor]) -> torch.Tensor:
     """A pointwise module on (crops of) its inputs, without in-place work."""
     if isinstance(module, cnn.Sum):
-        return _add(tensors)
+        return functools.reduce(operator.add, tensors)  # in order, as canonc.nn.Sum adds
     if isinstance(module, cnn.Concat):
         return torch.cat(tensors, module.dim)
     if isinstance(module, cnn.Mul):
         return tensors[0] * tensors[1]
-    return torch.relu(tensors[0]) if type(module) is cnn.ReLU else module(tensors[0])
-
-
-def _add(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``t0 + t1 + ...`` in order, as ``canonc.nn.Sum`` adds its summands."""
-    total = tensors[0]
-    for part in tensors[1:]:
-        total = total + part
-    return total
-
-
-def _get_attr(model: nn.Module, target: str) -> object:
-    value: object = model
-    for name in target.split("."):
-        value = getattr(value, name)
-    return value
+    return torch.relu(tensors[0]) if isinstance(module, cnn.ReLU) else module(tensors[0])
 
 
 def pays_off(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> bool:
