@@ -1,5 +1,6 @@
-"""The bridged rules' zero-free backward and the closed-form z+ / α-β rules: the same relevance as
-zennit's ``BasicHook.backward``, with fewer convolutions (the all-zero passes after a ReLU are skipped)."""
+"""The bridged rules' zero-free backward and the closed-form z+ / α-β / γ rules: the same relevance as
+zennit's ``BasicHook.backward`` (γ: up to rounding), with fewer convolutions (the all-zero passes after
+a ReLU are skipped; γ takes the output's sign from the module's own forward)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from models.zoo import randomize_bn
 
 def zennits_own_backward(monkeypatch) -> None:
     """Every rule of canonc's methods computes its relevance with zennit's ``BasicHook.backward``."""
-    for cls in (bridge._BridgedBasic, rules.ClosedZPlus, rules.ClosedAlphaBeta):
+    for cls in (bridge._BridgedBasic, rules.ClosedZPlus, rules.ClosedAlphaBeta, rules.ClosedGamma):
         monkeypatch.setattr(cls, "backward", BasicHook.backward)
 
 
@@ -31,12 +32,12 @@ def models():
     return out
 
 
-def _relevance(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
-    with Explainer(model, method) as explainer:
+def _relevance(model: nn.Module, method: str, x: torch.Tensor, **params) -> torch.Tensor:
+    with Explainer(model, method, **params) as explainer:
         return explainer(x, [3, 5], keep_channels=True)
 
 
-@pytest.mark.parametrize("method", ["eb", "lrp-epsilon-plus", "lrp-alpha2beta1", "lrp-gamma", "lrp-epsilon"])
+@pytest.mark.parametrize("method", ["eb", "lrp-epsilon-plus", "lrp-alpha2beta1", "lrp-epsilon"])
 @pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0"])
 def test_canoncs_rules_equal_zennits_backward(models, name, method, monkeypatch):
     x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
@@ -61,6 +62,18 @@ def _conv_calls(model: nn.Module, method: str, x: torch.Tensor, monkeypatch) -> 
     return calls[0]
 
 
+@pytest.mark.parametrize("gamma", [0.25, 10.0])
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0"])
+def test_closed_gamma_equals_zennits_backward_up_to_rounding(models, name, gamma, monkeypatch):
+    """z↑ = o + γq and z↓ = (1+γ)o − γq round differently from zennit's sums of passes, nothing else."""
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    ours = _relevance(models[name], "lrp-gamma", x, gamma=gamma)
+    zennits_own_backward(monkeypatch)
+    theirs = _relevance(models[name], "lrp-gamma", x, gamma=gamma)
+    assert theirs.abs().max() > 0
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
 @pytest.mark.parametrize(("method", "passes"), [("lrp-epsilon-plus", 2), ("lrp-alpha2beta1", 4)])
 def test_relu_fed_convs_skip_their_zero_passes(models, method, passes, monkeypatch):
     """VGG-11: 8 convs; the first sees the signed image (all passes), the other 7 only ReLU outputs."""
@@ -71,6 +84,54 @@ def test_relu_fed_convs_skip_their_zero_passes(models, method, passes, monkeypat
     theirs = _conv_calls(models["vgg11_bn"], method, x, monkeypatch)
     assert theirs == convs + convs * passes  # the forward, then every modified pass
     assert ours == convs + passes + (convs - 1) * passes // 2  # half the passes of the ReLU-fed convs
+
+
+def test_closed_gamma_takes_one_conv_per_relu_fed_layer(models, monkeypatch):
+    """VGG-11 under LRP-γ: zennit runs the forward and five passes per conv; the closed form one pass
+    (``q``) per input sign, since ``o`` is the forward's and the gradients are transposed convs."""
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    convs = 8
+    ours = _conv_calls(models["vgg11_bn"], "lrp-gamma", x, monkeypatch)
+    zennits_own_backward(monkeypatch)
+    assert _conv_calls(models["vgg11_bn"], "lrp-gamma", x, monkeypatch) == convs + convs * 5
+    assert ours == convs + 2 + (convs - 1)
+
+
+def _two_conv_relevance(rule, padding_mode: str = "zeros") -> torch.Tensor:
+    """A signed input into the first conv, a ReLU output into the second; ``rule`` on both convs."""
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.types import Convolution
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode=padding_mode), nn.ReLU(),
+                          nn.Conv2d(4, 3, 3, stride=2, padding=1, padding_mode=padding_mode), nn.Flatten(),
+                          nn.Linear(3 * 16, 4)).eval()
+    x = torch.randn(2, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+    with Gradient(model, LayerMapComposite([((Convolution,), rule)])) as attributor:
+        return attributor(x, torch.eye(4)[[1, 2]])[1]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 4.0])
+def test_closed_gamma_equals_zennits_on_signed_and_relu_inputs_bridged_or_not(gamma):
+    """Bridged, ``o`` is the module's stored output; plain (zennit's registration), it is recomputed."""
+    from zennit.rules import Gamma
+
+    from canonc.xai.bridge import bridged
+
+    theirs = _two_conv_relevance(Gamma(gamma, stabilizer=1e-6))
+    assert theirs.abs().max() > 0
+    for rule in (bridged(rules.ClosedGamma(gamma, stabilizer=1e-6)), rules.ClosedGamma(gamma, stabilizer=1e-6)):
+        assert (_two_conv_relevance(rule) - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_closed_gamma_keeps_zennits_passes_where_it_cannot_transpose():
+    """Reflect-padded convs are not transposed directly: zennit's own passes, bit for bit."""
+    from zennit.rules import Gamma
+
+    assert not rules.transposable(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"))
+    theirs = _two_conv_relevance(Gamma(0.5, stabilizer=1e-6), "reflect")
+    assert torch.equal(_two_conv_relevance(rules.ClosedGamma(0.5, stabilizer=1e-6), "reflect"), theirs)
 
 
 def test_an_all_zero_input_falls_back_to_zennits_backward():

@@ -83,6 +83,7 @@ class _Bridged:
         if not (torch.is_grad_enabled() and input[0].requires_grad) or getattr(module, "inplace", False):
             return None
         self.stored_tensors["input"] = (input[0].detach(),)
+        self.stored_tensors["output"] = output.detach()  # rules that need the module's output (γ) take it here
         return _Rule.apply(self, module, input[0], output)
 
 

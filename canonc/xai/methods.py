@@ -14,14 +14,14 @@ import torch
 from torch import nn
 from zennit.composites import LayerMapComposite, NameLayerMapComposite
 from zennit.core import Composite
-from zennit.rules import Epsilon, Gamma
+from zennit.rules import Epsilon
 from zennit.types import Convolution, Linear
 
 from ..errors import InputError
 from .bridge import bridged
 from .composites import canon_layer_map
 from .groups import DEFAULT_GROUPS, layer_groups
-from .rules import ClosedAlphaBeta, ClosedZPlus
+from .rules import ClosedAlphaBeta, ClosedGamma, ClosedZPlus
 
 GradFn = Callable[[torch.Tensor], torch.Tensor]
 """``x -> d(target logit)/dx`` under the method's composite (relevance for rule-based methods)."""
@@ -99,7 +99,7 @@ def group_gammas(groups: Mapping[str, list[str]], gamma: float | Mapping[str, fl
 def _gamma(model: nn.Module, p: dict) -> Composite:
     groups = layer_groups(model, p["groups"])
     gammas = group_gammas(groups, p["gamma"])
-    name_map = [(names, bridged(Gamma(gamma=gammas[g], stabilizer=p["stabilizer"]))) for g, names in groups.items()]
+    name_map = [(names, bridged(ClosedGamma(gamma=gammas[g], stabilizer=p["stabilizer"]))) for g, names in groups.items()]
     return NameLayerMapComposite(name_map=name_map, layer_map=canon_layer_map(p["stabilizer"]))
 
 

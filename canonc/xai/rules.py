@@ -1,4 +1,4 @@
-"""zennit's z+ and α-β rules in closed form.
+"""zennit's z+, α-β and γ rules in closed form.
 
 zennit computes z+ as two modified passes (positive inputs through positive weights, negative
 inputs through negative weights) and α-β as four, each followed by its gradient, stabilizes
@@ -12,14 +12,30 @@ input (after a ReLU) the passes of the negative inputs are left out: they are ze
 arithmetic that remains is zennit's, operation for operation (same modified parameters,
 convolutions, gradients and sums, in the same order), so the relevance is equal;
 ``tests/test_xai_bridge.py`` checks it against zennit's own backward.
+
+zennit's γ takes five passes: the four of α-β with ``W + γW±`` and the module's plain forward
+``o = Wx + b`` for the output's sign. Both of its sums follow from ``o`` and the positive
+contributions ``q = W+ x+ + W− x− + b+ ≥ 0``:
+
+    z↑ = o + γ q,   z↓ = (1 + γ) o − γ q
+
+(``z↑`` is used where ``o > 0``, a sum of two non-negative terms, ``z↓`` where ``o < 0``, of two
+non-positive ones: no cancellation). :class:`ClosedGamma` takes ``o`` from the module's own
+forward and computes ``q`` with one convolution per input sign; the gradients are transposed
+convolutions with ``W + γW±`` run directly (no forward to differentiate). After a ReLU that is
+one convolution and two transposed ones instead of three and two; the relevance equals
+zennit's up to the rounding of ``z↑``/``z↓``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from zennit.core import ParamMod
-from zennit.rules import AlphaBeta, ZPlus
+from zennit.rules import AlphaBeta, Gamma, ZPlus
+
+from .bridge import zero_free_backward
 
 
 def _stabilized(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -99,3 +115,74 @@ class ClosedAlphaBeta(_ClosedForm, AlphaBeta):
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         super().__init__(alpha=alpha, beta=beta, stabilizer=stabilizer)
         self.weights, self.stabilizer = (float(alpha), float(beta)), float(stabilizer)
+
+
+_CONV_INPUT_GRADIENTS = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+                         nn.Conv3d: torch.nn.grad.conv3d_input}
+
+
+def transposable(module: nn.Module) -> bool:
+    """Whether :func:`transposed` covers ``module``: ``nn.Linear`` or a zero-padded ``nn.Conv{1,2,3}d``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (type(module) in _CONV_INPUT_GRADIENTS and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def transposed(module: nn.Module, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Wᵀ grad``: the gradient of ``module``'s map with ``weight`` at an input of ``x``'s shape, without a forward."""
+    if isinstance(module, nn.Linear):
+        return grad @ weight
+    return _CONV_INPUT_GRADIENTS[type(module)](x.shape, weight, grad, module.stride, module.padding,
+                                               module.dilation, module.groups)
+
+
+def _mapped(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``module``'s map with ``weight`` and ``bias`` in place of its own."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+class ClosedGamma(Gamma):
+    """zennit's ``Gamma`` (float stabilizer) in closed form, from the module's own output.
+
+    Bridged (:func:`canonc.xai.bridge.bridged`), the module's output is stored with its input;
+    otherwise it is recomputed. Modules :func:`transposable` does not cover keep zennit's
+    passes (without the zero ones).
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        super().__init__(gamma=gamma, stabilizer=stabilizer)
+        self.gamma, self.stabilizer = float(gamma), float(stabilizer)
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+        """Relevance of the module's input."""
+        if not transposable(module):
+            return zero_free_backward(self, module, grad_input, grad_output)
+        x, g, gamma = self.stored_tensors["input"][0], grad_output[0], self.gamma
+        weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+        out = self.stored_tensors.get("output")
+        out = _mapped(module, weight, x, bias) if out is None else out
+        signed = bool((x < 0).any())
+        inputs = [x.clamp(min=0), x.clamp(max=0)] if signed else [x]
+        positive, negative = weight.clamp(min=0), weight.clamp(max=0)
+        q = _mapped(module, positive, inputs[0], None if bias is None else bias.clamp(min=0))
+        if signed:
+            q = q + _mapped(module, negative, inputs[1], None)
+        up = (out > 0.) * g / _stabilized(out + gamma * q, self.stabilizer)
+        down = (out < 0.) * g / _stabilized((1 + gamma) * out - gamma * q, self.stabilizer)
+        more, less = weight + gamma * positive, weight + gamma * negative  # zennit's W + γW+, W + γW−
+        # zennit's reducer order: x+ by z↑'s, x− by z↑'s, x+ by z↓'s, x− by z↓'s gradient
+        terms = [(0, more, up), (1, less, up), (0, less, down), (1, more, down)]
+        relevance = None
+        for i, modified, mapped in terms if signed else terms[::2]:
+            term = inputs[i] * transposed(module, modified, mapped, x)
+            relevance = term if relevance is None else relevance + term
+        return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
+
+    def copy(self) -> ClosedGamma:
+        """A fresh instance of the same (possibly bridged) class, γ and stabilizer."""
+        copy = super().copy()
+        copy.gamma, copy.stabilizer = self.gamma, self.stabilizer
+        return copy
