@@ -97,18 +97,18 @@ def test_closed_gamma_takes_one_conv_per_relu_fed_layer(models, monkeypatch):
     assert ours == convs + 2 + (convs - 1)
 
 
-def _two_conv_relevance(rule, padding_mode: str = "zeros") -> torch.Tensor:
+def _two_conv_relevance(rule, second: nn.Module | None = None) -> torch.Tensor:
     """A signed input into the first conv, a ReLU output into the second; ``rule`` on both convs."""
     from zennit.attribution import Gradient
     from zennit.composites import LayerMapComposite
     from zennit.types import Convolution
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode=padding_mode), nn.ReLU(),
-                          nn.Conv2d(4, 3, 3, stride=2, padding=1, padding_mode=padding_mode), nn.Flatten(),
-                          nn.Linear(3 * 16, 4)).eval()
+    second = nn.Conv2d(4, 3, 3, stride=2, padding=1) if second is None else second
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), second, nn.Flatten(), nn.LazyLinear(4))
     x = torch.randn(2, 2, 7, 7, generator=torch.Generator().manual_seed(1))
-    with Gradient(model, LayerMapComposite([((Convolution,), rule)])) as attributor:
+    model(x)  # the lazy layer's shape
+    with Gradient(model.eval(), LayerMapComposite([((Convolution,), rule)])) as attributor:
         return attributor(x, torch.eye(4)[[1, 2]])[1]
 
 
@@ -125,13 +125,37 @@ def test_closed_gamma_equals_zennits_on_signed_and_relu_inputs_bridged_or_not(ga
         assert (_two_conv_relevance(rule) - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
-def test_closed_gamma_keeps_zennits_passes_where_it_cannot_transpose():
-    """Reflect-padded convs are not transposed directly: zennit's own passes, bit for bit."""
-    from zennit.rules import Gamma
+def test_closed_rules_transpose_strided_dilated_grouped_convs():
+    """The direct transposes take the conv's stride, padding, dilation and groups: zennit's relevance."""
+    from zennit.rules import AlphaBeta, Gamma, ZPlus
 
-    assert not rules.transposable(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"))
-    theirs = _two_conv_relevance(Gamma(0.5, stabilizer=1e-6), "reflect")
-    assert torch.equal(_two_conv_relevance(rules.ClosedGamma(0.5, stabilizer=1e-6), "reflect"), theirs)
+    second = nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2)
+    for ours, theirs in ((rules.ClosedZPlus(stabilizer=1e-6), ZPlus(stabilizer=1e-6)),
+                         (rules.ClosedAlphaBeta(2.0, 1.0, stabilizer=1e-6), AlphaBeta(2.0, 1.0, stabilizer=1e-6))):
+        expected = _two_conv_relevance(theirs, second)
+        assert expected.abs().max() > 0
+        assert torch.equal(_two_conv_relevance(ours, second), expected)
+    expected = _two_conv_relevance(Gamma(0.5, stabilizer=1e-6), second)
+    ours = _two_conv_relevance(rules.ClosedGamma(0.5, stabilizer=1e-6), second)
+    assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("second", [nn.Conv2d(4, 3, 3, stride=2, padding=1, padding_mode="reflect"),
+                                    nn.ConvTranspose2d(4, 3, 3, stride=2)], ids=["reflect", "transpose"])
+def test_closed_rules_differentiate_layers_they_cannot_transpose_directly(second):
+    """A reflect-padded conv and a transposed conv: their transposes by autograd, the same relevance
+    (zennit's rules bridged too: its own hooks fail on a ``ConvTranspose2d`` input)."""
+    from zennit.rules import Gamma, ZPlus
+
+    from canonc.xai.bridge import bridged
+
+    assert not rules.transposable(second)
+    theirs = _two_conv_relevance(bridged(ZPlus(stabilizer=1e-6)), second)
+    assert theirs.abs().max() > 0
+    assert torch.equal(_two_conv_relevance(bridged(rules.ClosedZPlus(stabilizer=1e-6)), second), theirs)
+    theirs = _two_conv_relevance(bridged(Gamma(0.5, stabilizer=1e-6)), second)
+    ours = _two_conv_relevance(bridged(rules.ClosedGamma(0.5, stabilizer=1e-6)), second)
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
 def test_an_all_zero_input_falls_back_to_zennits_backward():

@@ -11,7 +11,9 @@ Written out, each part's denominator is stabilized by one ``where`` (``z + ε`` 
 input (after a ReLU) the passes of the negative inputs are left out: they are zero. The
 arithmetic that remains is zennit's, operation for operation (same modified parameters,
 convolutions, gradients and sums, in the same order), so the relevance is equal;
-``tests/test_xai_bridge.py`` checks it against zennit's own backward.
+``tests/test_xai_bridge.py`` checks it against zennit's own backward. The modified passes and
+their gradients run as the layer's own convolution and its transpose (``conv2d_input``, what
+autograd's backward runs), without an autograd graph per pass.
 
 zennit's γ takes five passes: the four of α-β with ``W + γW±`` and the module's plain forward
 ``o = Wx + b`` for the output's sign. Both of its sums follow from ``o`` and the positive
@@ -22,7 +24,7 @@ contributions ``q = W+ x+ + W− x− + b+ ≥ 0``:
 (``z↑`` is used where ``o > 0``, a sum of two non-negative terms, ``z↓`` where ``o < 0``, of two
 non-positive ones: no cancellation). :class:`ClosedGamma` takes ``o`` from the module's own
 forward and computes ``q`` with one convolution per input sign; the gradients are transposed
-convolutions with ``W + γW±`` run directly (no forward to differentiate). After a ReLU that is
+convolutions with ``W + γW±``. After a ReLU that is
 one convolution and two transposed ones instead of three and two; the relevance equals
 zennit's up to the rounding of ``z↑``/``z↓``.
 """
@@ -35,7 +37,52 @@ from torch.nn import functional as F
 from zennit.core import ParamMod
 from zennit.rules import AlphaBeta, Gamma, ZPlus
 
-from .bridge import zero_free_backward
+_CONV_INPUT_GRADIENTS = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+                         nn.Conv3d: torch.nn.grad.conv3d_input}
+
+
+def transposable(module: nn.Module) -> bool:
+    """Whether :func:`transposed` runs ``module``'s transpose directly: ``nn.Linear`` or a zero-padded ``nn.Conv{1,2,3}d``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (type(module) in _CONV_INPUT_GRADIENTS and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def _mapped(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``module``'s map with ``weight`` and ``bias`` (``None``: zero) in place of its own (its hooks not run)."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    if type(module) in _CONV_INPUT_GRADIENTS:
+        return module._conv_forward(x, weight, bias)
+    params = {"weight": weight, "bias": bias}
+    swap = ParamMod(lambda param, name: torch.zeros_like(param) if params[name] is None else params[name],
+                    param_keys=list(params), require_params=False)
+    with swap(module) as swapped:
+        return swapped.forward(x)
+
+
+def transposed(module: nn.Module, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Wᵀ grad``: the gradient of ``module``'s map with ``weight`` at an input of ``x``'s shape.
+
+    Run directly where :func:`transposable`; otherwise by autograd through one forward.
+    """
+    if isinstance(module, nn.Linear):
+        return grad @ weight
+    if transposable(module):
+        return _CONV_INPUT_GRADIENTS[type(module)](x.shape, weight, grad, module.stride, module.padding,
+                                                   module.dilation, module.groups)
+    leaf = x.detach().requires_grad_()
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(_mapped(module, weight, leaf, None), leaf, grad)
+    return gradient
+
+
+def _params(module: nn.Module, modifier: ParamMod) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``module``'s weight and bias under zennit's parameter modifier (``None``: no bias)."""
+    with ParamMod.ensure(modifier)(module) as modified:
+        bias = getattr(modified, "bias", None)
+        return modified.weight.detach(), None if bias is None else bias.detach()
 
 
 def _stabilized(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -47,30 +94,19 @@ def closed_form(module: nn.Module, x: torch.Tensor, grad: torch.Tensor,
                 parts: list[tuple[float, tuple[ParamMod, ParamMod]]], epsilon: float) -> torch.Tensor:
     """``R = w₁ · R₁ − w₂ · R₂ − …`` over ``parts`` of ``(weight, (modifier for x+, modifier for x−))``.
 
-    ``R_p = x+ ⊙ ∇(z_p+) · g/stab(z_p) + x− ⊙ ∇(z_p−) · g/stab(z_p)`` with ``z_p = z_p+ + z_p−``
-    the module's outputs under the part's modified parameters; a weight of 1 is not
-    multiplied (zennit's z+ has no α). On a non-negative ``x`` the ``x−`` terms are zero
-    and not computed.
+    ``R_p = x+ ⊙ W_p+ᵀ (g/stab(z_p)) + x− ⊙ W_p−ᵀ (g/stab(z_p))`` with ``z_p = W_p+ x+ + W_p− x− + b_p``
+    the module's output under the part's modified parameters; a weight of 1 is not multiplied
+    (zennit's z+ has no α). On a non-negative ``x`` the ``x−`` terms are zero and not computed.
     """
     inputs = [x.clamp(min=0), x.clamp(max=0)] if bool((x < 0).any()) else [x]
-    leaves, outputs, grads = [], [], []
-    for _, modifiers in parts:
-        zs = []
-        for value, modifier in zip(inputs, modifiers):
-            leaf = value.detach().requires_grad_()
-            with ParamMod.ensure(modifier)(module) as modified, torch.autograd.enable_grad():
-                zs.append(modified.forward(leaf))
-            leaves.append(leaf)
-        total = zs[0].detach() if len(zs) == 1 else zs[0].detach() + zs[1].detach()
-        scaled = grad / _stabilized(total, epsilon)
-        outputs += zs
-        grads += [scaled] * len(zs)
-    gradients = iter(torch.autograd.grad(outputs, leaves, grad_outputs=grads))
     relevance = None
-    for weight, _ in parts:
+    for weight, modifiers in parts:
+        params = [_params(module, modifier) for modifier in modifiers[:len(inputs)]]
+        zs = [_mapped(module, w, value, b) for value, (w, b) in zip(inputs, params)]
+        scaled = grad / _stabilized(zs[0] if len(zs) == 1 else zs[0] + zs[1], epsilon)
         part = None
-        for value in inputs:
-            term = value * next(gradients)
+        for value, (w, _) in zip(inputs, params):
+            term = value * transposed(module, w, scaled, x)
             part = term if part is None else part + term
         part = part if weight == 1.0 else weight * part
         relevance = part if relevance is None else relevance - part
@@ -117,39 +153,11 @@ class ClosedAlphaBeta(_ClosedForm, AlphaBeta):
         self.weights, self.stabilizer = (float(alpha), float(beta)), float(stabilizer)
 
 
-_CONV_INPUT_GRADIENTS = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
-                         nn.Conv3d: torch.nn.grad.conv3d_input}
-
-
-def transposable(module: nn.Module) -> bool:
-    """Whether :func:`transposed` covers ``module``: ``nn.Linear`` or a zero-padded ``nn.Conv{1,2,3}d``."""
-    if isinstance(module, nn.Linear):
-        return True
-    return (type(module) in _CONV_INPUT_GRADIENTS and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str))
-
-
-def transposed(module: nn.Module, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``Wᵀ grad``: the gradient of ``module``'s map with ``weight`` at an input of ``x``'s shape, without a forward."""
-    if isinstance(module, nn.Linear):
-        return grad @ weight
-    return _CONV_INPUT_GRADIENTS[type(module)](x.shape, weight, grad, module.stride, module.padding,
-                                               module.dilation, module.groups)
-
-
-def _mapped(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``module``'s map with ``weight`` and ``bias`` in place of its own."""
-    if isinstance(module, nn.Linear):
-        return F.linear(x, weight, bias)
-    return module._conv_forward(x, weight, bias)
-
-
 class ClosedGamma(Gamma):
     """zennit's ``Gamma`` (float stabilizer) in closed form, from the module's own output.
 
     Bridged (:func:`canonc.xai.bridge.bridged`), the module's output is stored with its input;
-    otherwise it is recomputed. Modules :func:`transposable` does not cover keep zennit's
-    passes (without the zero ones).
+    otherwise it is recomputed.
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
@@ -158,8 +166,6 @@ class ClosedGamma(Gamma):
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
         """Relevance of the module's input."""
-        if not transposable(module):
-            return zero_free_backward(self, module, grad_input, grad_output)
         x, g, gamma = self.stored_tensors["input"][0], grad_output[0], self.gamma
         weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
         out = self.stored_tensors.get("output")
