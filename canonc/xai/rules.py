@@ -24,9 +24,8 @@ contributions ``q = W+ x+ + W− x− + b+ ≥ 0``:
 (``z↑`` is used where ``o > 0``, a sum of two non-negative terms, ``z↓`` where ``o < 0``, of two
 non-positive ones: no cancellation). :class:`ClosedGamma` takes ``o`` from the module's own
 forward and computes ``q`` with one convolution per input sign; the gradients are transposed
-convolutions with ``W + γW±``. After a ReLU that is
-one convolution and two transposed ones instead of three and two; the relevance equals
-zennit's up to the rounding of ``z↑``/``z↓``.
+convolutions with ``W + γW±``. After a ReLU that is one convolution and two transposed ones
+instead of three and two; the relevance equals zennit's up to the rounding of ``z↑``/``z↓``.
 """
 
 from __future__ import annotations
