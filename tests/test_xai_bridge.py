@@ -137,6 +137,30 @@ def test_closed_gamma_equals_zennits_on_signed_and_relu_inputs_bridged_or_not(ga
         assert (_two_conv_relevance(rule) - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
+@pytest.mark.parametrize("gamma", [0.5, 4.0])
+def test_closed_gamma_on_linear_layers_equals_zennits_on_signed_and_relu_inputs(gamma):
+    """Linear layers take ``(W + γW±)ᵀ g`` as products with ``W``, ``W+`` and ``W−``: the first sees a
+    signed input, the second a ReLU output; zennit's relevance, bridged or not."""
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Gamma
+
+    from canonc.xai.bridge import bridged
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+
+    def relevance(rule):
+        with Gradient(model, LayerMapComposite([((nn.Linear,), rule)])) as attributor:
+            return attributor(x, torch.eye(4)[[1, 2, 3]])[1]
+
+    theirs = relevance(Gamma(gamma, stabilizer=1e-6))
+    assert theirs.abs().max() > 0
+    for rule in (bridged(rules.ClosedGamma(gamma, stabilizer=1e-6)), rules.ClosedGamma(gamma, stabilizer=1e-6)):
+        assert (relevance(rule) - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
 def test_closed_rules_transpose_strided_dilated_grouped_convs():
     """The direct transposes take the conv's stride, padding, dilation and groups: zennit's relevance."""
     from zennit.rules import AlphaBeta, Gamma, ZPlus

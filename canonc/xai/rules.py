@@ -152,6 +152,24 @@ class ClosedAlphaBeta(_ClosedForm, AlphaBeta):
         self.weights, self.stabilizer = (float(alpha), float(beta)), float(stabilizer)
 
 
+def _linear_gamma(inputs: list[torch.Tensor], weight: torch.Tensor, positive: torch.Tensor,
+                  negative: torch.Tensor, up: torch.Tensor, down: torch.Tensor, gamma: float) -> torch.Tensor:
+    """γ's input relevance of a linear layer, without building ``W + γW±``.
+
+    ``(W + γW±)ᵀ g = Wᵀ g + γ W±ᵀ g``: products with ``W``, ``W+`` and ``W−`` (the rows of
+    ``z↑`` and ``z↓`` stacked where the input is signed). At a small batch a large linear
+    layer costs its passes over the weight, and building the two modified weights takes about
+    ten of them; the products take one each.
+    """
+    plain = (up + down) @ weight
+    if len(inputs) == 1:
+        return inputs[0] * (plain + gamma * (up @ positive + down @ negative))
+    n, both = len(up), torch.cat([up, down])
+    pos, neg = both @ positive, both @ negative
+    return (inputs[0] * (plain + gamma * (pos[:n] + neg[n:]))
+            + inputs[1] * (plain + gamma * (neg[:n] + pos[n:])))
+
+
 class ClosedGamma(Gamma):
     """zennit's ``Gamma`` (float stabilizer) in closed form, from the module's own output.
 
@@ -177,13 +195,16 @@ class ClosedGamma(Gamma):
             q = q + _mapped(module, negative, inputs[1], None)
         up = (out > 0.) * g / _stabilized(out + gamma * q, self.stabilizer)
         down = (out < 0.) * g / _stabilized((1 + gamma) * out - gamma * q, self.stabilizer)
-        more, less = weight + gamma * positive, weight + gamma * negative  # zennit's W + γW+, W + γW−
-        # zennit's reducer order: x+ by z↑'s, x− by z↑'s, x+ by z↓'s, x− by z↓'s gradient
-        terms = [(0, more, up), (1, less, up), (0, less, down), (1, more, down)]
-        relevance = None
-        for i, modified, mapped in terms if signed else terms[::2]:
-            term = inputs[i] * transposed(module, modified, mapped, x)
-            relevance = term if relevance is None else relevance + term
+        if isinstance(module, nn.Linear):
+            relevance = _linear_gamma(inputs, weight, positive, negative, up, down, gamma)
+        else:
+            more, less = weight + gamma * positive, weight + gamma * negative  # zennit's W + γW+, W + γW−
+            # zennit's reducer order: x+ by z↑'s, x− by z↑'s, x+ by z↓'s, x− by z↓'s gradient
+            terms = [(0, more, up), (1, less, up), (0, less, down), (1, more, down)]
+            relevance = None
+            for i, modified, mapped in terms if signed else terms[::2]:
+                term = inputs[i] * transposed(module, modified, mapped, x)
+                relevance = term if relevance is None else relevance + term
         return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
 
     def copy(self) -> ClosedGamma:
