@@ -91,12 +91,34 @@ def _factory(path_str: str, fn: str) -> Loaded:
     return Loaded(model, tuple(shape) if shape else None, f"{path.name}:{fn}", path)
 
 
-def _models_zoo(name: str) -> Loaded:
+_ZOO_MODULE = "canonc_repository_models"
+
+
+def _repository_models() -> object:
+    """The repository's ``models/`` package, found next to ``canonc/``, whatever the working directory.
+
+    It is imported under a private name, so a user's own ``models`` package (on the path, in
+    the working directory) neither hides it nor is replaced by it.
+    """
+    if _ZOO_MODULE in sys.modules:
+        return sys.modules[_ZOO_MODULE]
+    init = Path(__file__).resolve().parents[1] / "models" / "__init__.py"
+    if not init.is_file():
+        raise InputError(f"the 'models:' zoo is the models/ folder of a canonc checkout, and there is none next to "
+                         f"{Path(__file__).resolve().parent}; install canonc from its repository with pip install -e")
+    spec = importlib.util.spec_from_file_location(_ZOO_MODULE, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_ZOO_MODULE] = module
     try:
-        zoo = importlib.import_module("models")
-    except ImportError as exc:
-        raise InputError("the 'models:' source needs the canonc repository root on the Python path") from exc
-    model, shape = zoo.load(name)
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[_ZOO_MODULE]
+        raise
+    return module
+
+
+def _models_zoo(name: str) -> Loaded:
+    model, shape = _repository_models().load(name)
     return Loaded(model, shape, f"models:{name}")
 
 

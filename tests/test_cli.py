@@ -301,6 +301,25 @@ def test_models_source(work, capsys):
     assert "VERIFIED" in out
 
 
+def test_models_source_works_from_any_directory_beside_a_users_own_models_package(work):
+    """A fresh process outside the repository, whose working directory holds a ``models`` package
+    of its own: ``models:`` still loads canonc's zoo, and the user's package is not imported."""
+    (work / "models").mkdir()
+    (work / "models" / "__init__.py").write_text("raise RuntimeError('the user package was imported')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys; from canonc.cli import main; "
+            "sys.exit(main(['models:resnet18', '--input-shape', '1,3,32,32', '-o', 'out.pt', '--quiet']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "the user package was imported" not in proc.stderr
+    x = torch.randn(2, 3, 32, 32)
+    from canonc.load import load
+
+    original = load("models:resnet18").model.eval()
+    torch.testing.assert_close(torch.load(work / "out.pt", weights_only=False)(x), original(x), rtol=1e-4, atol=1e-5)
+
+
 def test_train_mode_model_is_canonized_in_eval_with_a_warning(work, capsys):
     rc, out, err = _cli(capsys, "net.py:build_train", "-o", "out.pt", "--report", "r.json")
     assert rc == 0, err
