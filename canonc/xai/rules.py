@@ -26,6 +26,8 @@ non-positive ones: no cancellation). :class:`ClosedGamma` takes ``o`` from the m
 forward and computes ``q`` with one convolution per input sign; the gradients are transposed
 convolutions with ``W + γW±``. After a ReLU that is one convolution and two transposed ones
 instead of three and two; the relevance equals zennit's up to the rounding of ``z↑``/``z↓``.
+A linear layer, whose weight rather than its input is what costs, takes ``Wᵀg + γW±ᵀg``
+without building ``W + γW±``.
 """
 
 from __future__ import annotations
