@@ -9,6 +9,7 @@ from torch import nn
 
 from canonc.errors import InputError
 from canonc.xai.metrics import faithfulness_correlation, pixel_flipping, region_perturbation
+from canonc.xai.metrics.common import forward_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest on shared cores
 
@@ -130,6 +131,57 @@ def test_random_draws_do_not_depend_on_batch_size():
             assert chunked.tolist() == pytest.approx(whole.tolist(), abs=1e-12)
         other_seed = metric(model, x, targets, relevance, batch_size=64, **{**kwargs, "seed": 4})
         assert not torch.allclose(other_seed, whole)
+
+
+class _RawFlatten(nn.Module):
+    """A conv net that flattens by memory order, as a hand-written ``view`` or ``as_strided`` does."""
+
+    def __init__(self, raises: bool) -> None:
+        super().__init__()
+        self.raises = raises
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.raises:
+            return self.fc(y.view(len(y), -1))  # RuntimeError on a channels_last y
+        return self.fc(torch.as_strided(y, (len(y), y[0].numel()), (y[0].numel(), 1)))  # silently reordered
+
+
+class _Contiguous(nn.Module):
+    """``model`` fed contiguous inputs whatever their layout (its first conv then runs NCHW)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous())
+
+
+def test_forward_passes_take_channels_last_images_only_where_the_model_gives_the_same_outputs():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    convnet = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)).eval()
+    viewing, strided = _RawFlatten(raises=True).eval(), _RawFlatten(raises=False).eval()
+    assert forward_layout(convnet, x) == torch.channels_last
+    assert forward_layout(viewing, x) == torch.contiguous_format
+    assert forward_layout(strided, x) == torch.contiguous_format
+    assert forward_layout(nn.Linear(8, 3), torch.rand(6, 8)) == torch.contiguous_format
+    relevance, targets = torch.rand(6, 8, 8), torch.arange(6) % 3
+    kwargs = {"patch_size": 2, "regions": 6, "return_curve": True, "batch_size": 4}
+    layouts = []
+    convnet[0].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)) if len(args[0]) > 1
+        else None)
+    for model, tolerance in ((convnet, 1e-6), (viewing, 0.0), (strided, 0.0)):
+        curve = region_perturbation(model, x, targets, relevance, **kwargs)
+        if model is convnet:
+            assert layouts == [True] * 11  # 6 samples × 7 steps (0 .. 6) in batches of 4
+        reference = region_perturbation(_Contiguous(model), x, targets, relevance, **kwargs)
+        assert curve.shape == (6, 6)
+        assert (curve - reference).abs().max().item() <= tolerance
 
 
 def test_bad_settings_are_refused():

@@ -112,7 +112,7 @@ def test_region_perturbation_takes_the_incremental_path_with_the_same_curves(mon
     monkeypatch.setattr(incremental, "FULL_WINDOW", -1.0)  # no step pays off: full passes only
     full, full_calls = _region_curves(model, 4)
     assert fast_calls == 2  # one check per batch of 4 samples
-    assert full_calls == 5 * 13 // 4 + 1  # 65 perturbed inputs, 4 per pass
+    assert full_calls == 2 + 5 * 13 // 4 + 1  # the layout probe, then 65 perturbed inputs, 4 per pass
     assert full.abs().max() > 0
     assert (fast - full).abs().max() <= 1e-5 * full.abs().max()
 

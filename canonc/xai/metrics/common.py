@@ -130,6 +130,33 @@ def scores_of_output(out: torch.Tensor, targets: torch.Tensor, *, softmax: bool)
     return out.gather(1, targets[:, None])[:, 0].double()
 
 
+def forward_layout(model: nn.Module, example: torch.Tensor) -> torch.memory_format:
+    """The memory format the metrics' plain forward passes feed ``model`` images in.
+
+    ``channels_last`` for images on the CPU, where oneDNN's convolutions run faster on it
+    (the trained DenseNet-121 topology at 64 px: 1.35× on two threads, 1.5× on one), if a
+    one-sample pass in that layout runs and gives the same output as the contiguous one
+    (within ``1e-5`` of its largest value; a model that flattens a conv's output with ``view``
+    raises instead). Else, and on other devices (unmeasured there), ``contiguous_format``.
+    Explanations keep the caller's layout: LRP's divisions amplify the rounding differences.
+    """
+    if example.dim() != 4 or example.device.type != "cpu":
+        return torch.contiguous_format
+    one = example[:1].contiguous()
+    with torch.no_grad():
+        reference = model(one)
+        try:
+            candidate = model(one.contiguous(memory_format=torch.channels_last))
+        except RuntimeError:
+            return torch.contiguous_format
+    if not (isinstance(reference, torch.Tensor) and isinstance(candidate, torch.Tensor)
+            and candidate.shape == reference.shape):
+        return torch.contiguous_format
+    tolerance = 1e-5 * float(reference.abs().max().clamp(min=1.0))
+    same = float((candidate - reference).abs().max()) <= tolerance
+    return torch.channels_last if same else torch.contiguous_format
+
+
 def scores_of_variants(model: nn.Module, n_rows: int,
                        build: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                        *, batch_size: int, softmax: bool, device: torch.device) -> torch.Tensor:
@@ -137,12 +164,15 @@ def scores_of_variants(model: nn.Module, n_rows: int,
 
     ``build(rows)`` returns the inputs and targets of the row indices ``rows``; a row is
     typically one (sample, perturbation step) pair, so several steps share a forward pass.
+    The passes take images in :func:`forward_layout`.
     """
     out = torch.empty(n_rows, dtype=torch.float64, device=device)
+    layout = None
     for part in chunks(n_rows, batch_size):
         rows = torch.arange(part.start, part.stop, device=device)
         x, t = build(rows)
-        out[part] = target_scores(model, x, t, softmax=softmax)
+        layout = forward_layout(model, x) if layout is None else layout
+        out[part] = target_scores(model, x.contiguous(memory_format=layout), t, softmax=softmax)
     return out
 
 
