@@ -31,6 +31,15 @@ def ort_tol(y: np.ndarray) -> float:
     return 1e-4 * (1.0 + float(np.abs(y).max()))
 
 
+def ulps(n: int, magnitude: float) -> float:
+    """``n`` float32 rounding steps at ``magnitude``: how closely two float32 runtimes can agree.
+
+    Which kernels ONNX Runtime picks (and so the rounding) depends on the CPU, so a fixed
+    absolute bound holds on one machine and not on another for the same export.
+    """
+    return n * float(np.spacing(np.float32(max(magnitude, 1.0))))
+
+
 def _thresh_relu() -> nn.Module:
     m = cnn.ThreshReLU(4)
     gen = torch.Generator().manual_seed(0)
@@ -99,16 +108,16 @@ def test_canonical_modules_export_to_standard_ops(tmp_path):
     x = torch.randn(1, 4, 6, 6)
     info = canonc.export_onnx(model, x, tmp_path / "m.onnx")
     assert info["onnx_verified"] and info["onnx_opset"] >= 18 and info["onnx_exporter"] == "dynamo"
-    assert info["onnx_max_abs_error"] <= 1e-5
+    assert info["onnx_max_abs_error"] <= ulps(4, info["onnx_output_max"])
     assert {CANONICAL_CASES[n][2] for n in model.names} <= set(info["onnx_op_counts"])
     assert not [k for k in info["onnx_op_counts"] if "::" in k or k == "BatchNormalization"]
     x7 = torch.randn(7, 4, 6, 6)  # a batch size never seen at export
     y = run_session(session(tmp_path / "m.onnx"), (x7,))[0]
-    assert np.abs(y - model(x7).detach().numpy()).max() <= 1e-5
+    assert np.abs(y - model(x7).detach().numpy()).max() <= ulps(4, np.abs(y).max())
     _, legacy = build_onnx(model, x, exporter="legacy")  # the fallback exporter
-    assert legacy["onnx_exporter"] == "legacy" and legacy["onnx_verified"] and legacy["onnx_max_abs_error"] <= 1e-5
+    assert legacy["onnx_exporter"] == "legacy" and legacy["onnx_verified"] and legacy["onnx_max_abs_error"] <= ulps(4, legacy["onnx_output_max"])
     _, optimized = build_onnx(model, x, optimize=True)  # checked first, then optimised and verified again
-    assert optimized["onnx_verified"] and optimized["onnx_max_abs_error"] <= 1e-5
+    assert optimized["onnx_verified"] and optimized["onnx_max_abs_error"] <= ulps(4, optimized["onnx_output_max"])
     assert sum(optimized["onnx_op_counts"].values()) < sum(info["onnx_op_counts"].values())
 
 
