@@ -62,6 +62,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,8 +217,25 @@ def _relevance_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dev
     return float(np.abs(theirs.reshape(ours.shape) - ours).max() / np.abs(ours).max())
 
 
-def bench(case: str, args: argparse.Namespace) -> list[dict]:
-    """One case: canonc, then quantus with each chosen explain function; printed and returned as dicts."""
+@dataclass
+class Case:
+    """A case made ready: the canonized model on its device, the images, masks and targets."""
+
+    name: str
+    model: torch.nn.Module
+    what: str
+    x: torch.Tensor
+    y: torch.Tensor
+    masks: torch.Tensor
+    num_classes: int
+    size: int
+    patch: int
+    batch: int
+    per_forward: float  # seconds of one full forward pass per input
+
+
+def prepare(case: str, args: argparse.Namespace) -> Case:
+    """Build, canonize and warm up a case's model; targets are the labels or the predicted classes."""
     build, n_full, n_quick, size, patch, batch = CASES[case]
     n, batch = args.images or (n_quick if args.quick else n_full), args.batch or batch
     model, what = build()
@@ -226,14 +244,21 @@ def bench(case: str, args: argparse.Namespace) -> list[dict]:
     with torch.no_grad():  # also the forward warm-up
         logits = torch.cat([model(data.images[i:i + batch].to(args.device)).cpu() for i in range(0, n, batch)])
         _, per_forward, _ = _timed(lambda: model(data.images[:batch].to(args.device)).cpu())
-    per_forward /= min(batch, n)
     num_classes = logits.shape[1]
     y = data.labels if num_classes == len(data.classes) else logits.argmax(1)
     print(f"# {case}: {n} images at {size} px, {what}, {num_classes} classes, device {args.device}, "
           f"{torch.get_num_threads()} torch threads, explanation batch {batch}, quantus chunk {args.chunk}", flush=True)
     explain(model, data.images[:batch].to(args.device), y[:batch].to(args.device), METHOD)  # warm-up, both sides
-    counter = RowCounter(model)
-    ours, parts, c_wall, c_cpu = run_canonc(model, data.images, y, data.masks, args.device, patch, batch)
+    return Case(case, model, what, data.images, y, data.masks, num_classes, size, patch, batch,
+                per_forward / min(batch, n))
+
+
+def bench(case: str, args: argparse.Namespace) -> list[dict]:
+    """One case: canonc, then quantus with each chosen explain function; printed and returned as dicts."""
+    c = prepare(case, args)
+    n = len(c.x)
+    counter = RowCounter(c.model)
+    ours, parts, c_wall, c_cpu = run_canonc(c.model, c.x, c.y, c.masks, args.device, c.patch, c.batch)
     c_rows, c_explained = counter.close(), n * (1 + 10 + 1)  # base, 10 noisy, 1 other class: by construction
     per_explained = parts["explanation"] / n  # canonc's base explanations: one call per batch
     print(f"# canonc: {c_wall:.1f} s wall, {c_cpu:.1f} s CPU", flush=True)
@@ -241,15 +266,15 @@ def bench(case: str, args: argparse.Namespace) -> list[dict]:
     share = {k: v / sum(parts.values()) for k, v in parts.items()}
     print(f"{case}_canonc_share: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     print(f"{case}_unit_costs_ms: canonc explained input {1e3 * per_explained:.2f}, "
-          f"full forward input {1e3 * per_forward:.2f}")
+          f"full forward input {1e3 * c.per_forward:.2f}")
     results = []
     for kind in args.quantus_explain:
-        gap = _relevance_gap(model, data.images, y, args.device, batch) if kind == "zennit" else 0.0
-        counter = RowCounter(model)
-        theirs, q_parts, q_explained, q_explain_s = run_quantus(model, data.images, y, data.masks, args.device,
-                                                                num_classes, patch, batch, args.chunk, kind)
+        gap = _relevance_gap(c.model, c.x, c.y, args.device, c.batch) if kind == "zennit" else 0.0
+        counter = RowCounter(c.model)
+        theirs, q_parts, q_explained, q_explain_s = run_quantus(c.model, c.x, c.y, c.masks, args.device,
+                                                                c.num_classes, c.patch, c.batch, args.chunk, kind)
         q_rows = counter.close()
-        q_wall, q_cpu = sum(w for w, _ in q_parts.values()), sum(c for _, c in q_parts.values())
+        q_wall, q_cpu = sum(w for w, _ in q_parts.values()), sum(cpu for _, cpu in q_parts.values())
         tag = f"{case}_quantus[{kind}]"
         print(f"{tag}_s: {q_wall:.1f}  (CPU {q_cpu:.1f}; explain function: {kind}"
               + (f", relevance gap to canonc {gap:.1e}" if kind == "zennit" else "") + ")")
@@ -265,7 +290,7 @@ def bench(case: str, args: argparse.Namespace) -> list[dict]:
         print(f"{tag}_mean_scores: " + ", ".join(f"{k} {ours[k]:.3f}/{theirs[k]:.3f}" for k in POSTER_METRICS)
               + "  (canonc/quantus; region perturbation: AOPC vs mean of quantus's curve, black baselines differ)")
         results.append({
-            "case": case, "images": n, "size": size, "model": what, "device": args.device, "batch": batch,
+            "case": case, "images": n, "size": c.size, "model": c.what, "device": args.device, "batch": c.batch,
             "quantus_chunk": args.chunk, "quantus_explain": kind, "relevance_gap": gap,
             "threads": torch.get_num_threads(), "canonc_s": c_wall, "canonc_cpu_s": c_cpu, "quantus_s": q_wall,
             "quantus_cpu_s": q_cpu, "ratio": q_wall / c_wall, "canonc_parts_s": parts,
@@ -273,7 +298,7 @@ def bench(case: str, args: argparse.Namespace) -> list[dict]:
             "canonc_means": ours, "quantus_means": theirs, "quantus_explained_inputs": q_explained,
             "canonc_explained_inputs": c_explained, "canonc_forward_inputs": c_rows - c_explained,
             "quantus_forward_inputs": q_rows - q_explained, "seconds_per_explained_input": per_explained,
-            "seconds_per_forward_input": per_forward, "ratio_bound_by_canonc_explanations": bound})
+            "seconds_per_forward_input": c.per_forward, "ratio_bound_by_canonc_explanations": bound})
     return results
 
 
