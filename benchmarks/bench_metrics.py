@@ -221,7 +221,6 @@ def _relevance_gap(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dev
 class Case:
     """A case made ready: the canonized model on its device, the images, masks and targets."""
 
-    name: str
     model: torch.nn.Module
     what: str
     x: torch.Tensor
@@ -249,7 +248,7 @@ def prepare(case: str, args: argparse.Namespace) -> Case:
     print(f"# {case}: {n} images at {size} px, {what}, {num_classes} classes, device {args.device}, "
           f"{torch.get_num_threads()} torch threads, explanation batch {batch}, quantus chunk {args.chunk}", flush=True)
     explain(model, data.images[:batch].to(args.device), y[:batch].to(args.device), METHOD)  # warm-up, both sides
-    return Case(case, model, what, data.images, y, data.masks, num_classes, size, patch, batch,
+    return Case(model, what, data.images, y, data.masks, num_classes, size, patch, batch,
                 per_forward / min(batch, n))
 
 
