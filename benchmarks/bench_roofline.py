@@ -30,7 +30,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch.utils.flop_counter import flop_registry
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_metrics import CASES, METHOD, QUANTUS_CHUNK, prepare, run_canonc, run_quantus  # noqa: E402
+from bench_metrics import CASES, METHOD, QUANTUS_CHUNK, _timed, prepare, run_canonc, run_quantus  # noqa: E402
 
 from canonc.xai import explain  # noqa: E402
 
@@ -84,12 +83,7 @@ def counted(fn: Callable[[], object]) -> FlopCount:
 def _best_rate(flop: int, fn: Callable[[], object]) -> float:
     """Best GFLOP/s of ``PEAK_REPS`` timed calls of ``fn`` (after one warm-up), which does ``flop`` operations."""
     fn()
-    best = float("inf")
-    for _ in range(PEAK_REPS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return flop / best / 1e9
+    return flop / min(_timed(fn)[1] for _ in range(PEAK_REPS)) / 1e9
 
 
 def peak_gflops() -> dict[str, float]:
